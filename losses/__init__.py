@@ -1,0 +1,2 @@
+from losses.clip_loss import ClipLoss
+from losses.siglip_loss import SigLipLoss
