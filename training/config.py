@@ -35,6 +35,7 @@ TRAIN_DEFAULTS = {
     "grad_checkpointing": False,
     "local_loss": False,
     "gather_with_grad": False,
+    "ddp_find_unused": False,  # DDP find_unused_parameters, for models with optional branches
     "workers": 2,
     "pin_memory": True,
     "prefetch_factor": 2,

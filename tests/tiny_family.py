@@ -1,0 +1,121 @@
+"""A tiny family for testing the loop: paired random vectors, two MLP towers.
+
+x ~ N(0, I) and y = W x + noise, so a well-trained pair of towers retrieves
+y from x far above chance. Dropout is on, so accumulation must replay RNG.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from losses import ClipLoss, SigLipLoss
+from training.data import item_rng
+from training.metrics import retrieval_metrics
+
+
+class PairDataset(Dataset):
+    def __init__(self, n, seed, dim_x=16, dim_y=12, noise=0.1, duplicates=0):
+        g = torch.Generator().manual_seed(1234)  # one W for every split
+        self.w = torch.randn(dim_y, dim_x, generator=g)
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, dim_x, generator=g)
+        self.y = self.x @ self.w.T + noise * torch.randn(n, dim_y, generator=g)
+        self.ids = torch.arange(n)
+        if duplicates:  # the first `duplicates` items repeat item 0's target
+            self.y[:duplicates] = self.y[0]
+            self.ids[:duplicates] = 0
+        self.epoch, self.seed = 0, seed
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        # a per-item jitter drawn from item_rng: tests that resumption replays it
+        jitter = float(item_rng(self.seed, self.epoch, i).normal()) * 0.01
+        return {"x": self.x[i] + jitter, "y": self.y[i], "id": int(self.ids[i])}
+
+
+def collate(items):
+    return {"x": torch.stack([it["x"] for it in items]),
+            "y": torch.stack([it["y"] for it in items]),
+            "id": torch.tensor([it["id"] for it in items])}
+
+
+def prepare_data(cfg):
+    pass
+
+
+def build_datasets(cfg):
+    d = cfg["data"]
+    return {"train": PairDataset(d["num_train"], 0, duplicates=d.get("duplicates", 0)),
+            "val": PairDataset(d["num_val"], 1), "test": PairDataset(d["num_val"], 2)}
+
+
+class Towers(nn.Module):
+    def __init__(self, dim, dropout, inject_nan_item=None):
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Dropout(dropout), nn.LayerNorm(32),
+                               nn.Linear(32, dim))
+        self.b = nn.Sequential(nn.Linear(12, 32), nn.GELU(), nn.Dropout(dropout), nn.Linear(32, dim))
+
+    def set_grad_checkpointing(self, enable=True):
+        self.checkpointing = enable
+
+    def forward(self, batch):
+        a, b = batch["x"], batch["y"]
+        if getattr(self, "checkpointing", False) and self.training:
+            from torch.utils.checkpoint import checkpoint
+            fa = checkpoint(self.a, a, use_reentrant=False)
+        else:
+            fa = self.a(a)
+        return {"a": F.normalize(fa, dim=-1), "b": F.normalize(self.b(b), dim=-1)}
+
+
+def build_model(cfg):
+    return Towers(cfg["model"]["embed_dim"], cfg["model"]["dropout"])
+
+
+class Criterion(nn.Module):
+    def __init__(self, cfg, rank, world_size):
+        super().__init__()
+        lc = cfg["loss"]
+        self.siglip = lc["use_siglip"]
+        self.inject_nan_from = lc.get("inject_nan_from")
+        self.calls = 0
+        if self.siglip:
+            self.loss = SigLipLoss(rank=rank, world_size=world_size)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        else:
+            self.loss = ClipLoss(local_loss=cfg["local_loss"], gather_with_grad=cfg["gather_with_grad"],
+                                 rank=rank, world_size=world_size)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, features, batch, epoch):
+        if self.siglip:
+            loss = self.loss(features["a"], features["b"], self.logit_scale.exp(), self.logit_bias)
+        else:
+            loss = self.loss(features["a"], features["b"], self.logit_scale.exp(), ids=batch["id"])
+        if self.training:
+            self.calls += 1
+            if self.inject_nan_from is not None and self.calls > self.inject_nan_from:
+                loss = loss * float("nan")
+        return loss, {"loss_contrastive": loss.detach()}
+
+
+def build_criterion(cfg, rank, world_size):
+    return Criterion(cfg, rank, world_size)
+
+
+@torch.no_grad()
+def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, step=0):
+    model.eval()
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    f = model({k: v.to(device) for k, v in batch.items()})
+    m = retrieval_metrics(f["b"], f["a"], torch.arange(len(dataset)))
+    return {"t2i_R@1": m["t2i_R@1"], "t2i_R@10": m["t2i_R@10"]}
