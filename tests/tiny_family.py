@@ -119,3 +119,35 @@ def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, 
     f = model({k: v.to(device) for k, v in batch.items()})
     m = retrieval_metrics(f["b"], f["a"], torch.arange(len(dataset)))
     return {"t2i_R@1": m["t2i_R@1"], "t2i_R@10": m["t2i_R@10"]}
+
+
+class Probe(nn.Module):
+    """Stage 2 of the tiny family: regress sum(x) from the stage-1 x-tower."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.encoder = build_model(cfg).a
+        self.head = nn.Linear(cfg["model"]["embed_dim"], 1)
+
+    def forward(self, batch):
+        return self.head(self.encoder(batch["x"])).squeeze(-1)
+
+
+def build_stage2(cfg, state, mode):
+    model = Probe(cfg)
+    if state is not None:
+        model.encoder.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("a.")})
+
+    def loss_fn(pred, batch):
+        loss = F.mse_loss(pred, batch["x"].sum(-1))
+        return loss, {"mse": loss.detach()}
+
+    @torch.no_grad()
+    def evaluate_stage2(model, dataset, cfg, device, out_dir=None):
+        batch = collate([dataset[i] for i in range(len(dataset))])
+        pred = model({k: v.to(device) for k, v in batch.items()})
+        return {"loss": F.mse_loss(pred, batch["x"].sum(-1).to(device)).item()}
+
+    ds = build_datasets(cfg)
+    return {"datasets": ds, "collate": collate, "model": model, "encoder": model.encoder,
+            "loss_fn": loss_fn, "evaluate": evaluate_stage2}
