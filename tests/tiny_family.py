@@ -16,7 +16,8 @@ from training.metrics import retrieval_metrics
 
 
 class PairDataset(Dataset):
-    def __init__(self, n, seed, dim_x=16, dim_y=12, noise=0.1, duplicates=0):
+    def __init__(self, n, seed, dim_x=16, dim_y=12, noise=0.1, duplicates=0, delay_ms=0):
+        self.delay_ms = delay_ms
         g = torch.Generator().manual_seed(1234)  # one W for every split
         self.w = torch.randn(dim_y, dim_x, generator=g)
         g = torch.Generator().manual_seed(seed)
@@ -37,6 +38,9 @@ class PairDataset(Dataset):
     def __getitem__(self, i):
         # a per-item jitter drawn from item_rng: tests that resumption replays it
         jitter = float(item_rng(self.seed, self.epoch, i).normal()) * 0.01
+        if self.delay_ms:  # slow loading, for tests that must catch a run mid-way
+            import time
+            time.sleep(self.delay_ms / 1000)
         return {"x": self.x[i] + jitter, "y": self.y[i], "id": int(self.ids[i])}
 
 
@@ -52,7 +56,8 @@ def prepare_data(cfg):
 
 def build_datasets(cfg):
     d = cfg["data"]
-    return {"train": PairDataset(d["num_train"], 0, duplicates=d.get("duplicates", 0)),
+    return {"train": PairDataset(d["num_train"], 0, duplicates=d.get("duplicates", 0),
+                                 delay_ms=d.get("delay_ms", 0)),
             "val": PairDataset(d["num_val"], 1), "test": PairDataset(d["num_val"], 2)}
 
 

@@ -1,0 +1,103 @@
+"""Runs survive SIGKILL: resumption is bit-identical, checkpoints are atomic,
+non-finite steps are skipped and then stop the run with the last good
+checkpoint intact."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from tests.conftest import ROOT, TINY_YAML
+
+PY = sys.executable
+
+
+def _run_args(logs, name, *extra):
+    return [PY, os.path.join(ROOT, "train_stage1.py"), "--config", TINY_YAML, "--logs", str(logs),
+            "--name", name, "--val-every", "0", *extra]
+
+
+def _weights(path):
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    return ck, {**{f"m.{k}": v for k, v in ck["model"].items()},
+                **{f"c.{k}": v for k, v in ck["criterion"].items()}}
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    common = ["--data.num_train", "2048", "--max-steps", "24", "--save-every", "12",
+              "--model.dropout", "0.2"]
+    full = subprocess.run(_run_args(tmp_path, "full", *common), cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    # Same run, slowed down by data loading so it can be killed after step 12.
+    ckdir = tmp_path / "killed" / "checkpoints"
+    proc = subprocess.Popen(_run_args(tmp_path, "killed", *common, "--data.delay_ms", "10"),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (ckdir / "step_00000012.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (ckdir / "step_00000024.pt").exists(), "run ended before it could be killed"
+    ck, _ = _weights(ckdir / "latest.pt")
+    assert ck["step"] == 12
+
+    res = subprocess.run(_run_args(tmp_path, "killed", *common, "--resume", "latest"), cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming from" in res.stdout
+    a_ck, a = _weights(tmp_path / "full" / "checkpoints" / "latest.pt")
+    b_ck, b = _weights(ckdir / "latest.pt")
+    assert a_ck["step"] == b_ck["step"] == 24
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for sa, sb in zip(a_ck["optimizer"]["state"].values(), b_ck["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+
+
+WRITER = r"""
+import sys, torch
+from training.checkpoint import CheckpointManager
+m = CheckpointManager(sys.argv[1], keep_last=2, keep_best=0)
+m.save({"model": {"w": torch.ones(3)}, "config": {}, "step": 1}, 1)
+print("first", flush=True)
+m.save({"model": {"w": torch.zeros(200_000_000)}, "config": {}, "step": 2}, 2)
+print("second", flush=True)
+"""
+
+
+def test_sigkill_during_checkpoint_write_keeps_previous(tmp_path):
+    from training.checkpoint import CheckpointManager, load_checkpoint
+    d = tmp_path / "ck"
+    proc = subprocess.Popen([PY, "-c", WRITER, str(d)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "first"
+    deadline = time.time() + 60
+    while not any(".tmp." in f and f.startswith("step_00000002") for f in os.listdir(d)):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.001)
+    time.sleep(0.05)  # in the middle of writing 800 MB
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (d / "step_00000002.pt").exists()
+    ck = load_checkpoint(str(d / "latest.pt"))
+    assert ck["step"] == 1 and torch.equal(ck["model"]["w"], torch.ones(3))
+    # the next save cleans up the torn temporary file
+    CheckpointManager(str(d)).save({"model": {}, "config": {}, "step": 3}, 3)
+    assert not [f for f in os.listdir(d) if ".tmp." in f]
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
+    res = subprocess.run(_run_args(tmp_path, "nan", "--loss.inject_nan_from", "4", "--max-nonfinite",
+                                   "3", "--save-every", "2", "--max-steps", "20"),
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "3 non-finite steps in a row at step 4" in res.stderr
+    assert "update skipped" in res.stdout + res.stderr
+    ck = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pt", weights_only=False)
+    assert ck["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
