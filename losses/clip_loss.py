@@ -104,7 +104,9 @@ class ClipLoss(nn.Module):
             return (F.cross_entropy(logits_a, labels) + F.cross_entropy(logits_b, labels)) / 2
 
         # Soft targets: uniform over the global items sharing this row's id.
-        same = (row_ids[:, None] == all_ids[None, :]).float()  # [rows, N]
+        # (at least fp32: bf16 targets would not sum to one)
+        dtype = torch.promote_types(logits_a.dtype, torch.float32)
+        same = (row_ids[:, None] == all_ids[None, :]).to(dtype)  # [rows, N]
         targets = same / same.sum(dim=1, keepdim=True)
-        return (F.cross_entropy(logits_a.float(), targets)
-                + F.cross_entropy(logits_b.float(), targets)) / 2
+        return (F.cross_entropy(logits_a.to(dtype), targets)
+                + F.cross_entropy(logits_b.to(dtype), targets)) / 2
