@@ -31,6 +31,8 @@ class SigLipLoss(nn.Module):
     def _block(a, b, logit_scale, logit_bias, positives):
         # a: [n, D], b: [m, D] -> summed -log sigmoid over the n x m block
         logits = logit_scale * a @ b.T + logit_bias  # [n, m]
+        # Sum n*m terms in at least fp32 (autocast leaves logsigmoid in bf16).
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         z = -torch.ones_like(logits)
         if positives:
             z.diagonal().fill_(1.0)

@@ -219,3 +219,18 @@ def test_metrics_reject_bad_text_to_item():
         retrieval_metrics(text, item, text_to_item.float())
     with pytest.raises(ValueError, match="shape"):
         retrieval_metrics(text, item, text_to_item[:9])
+
+
+def test_losses_under_bf16_autocast_stay_fp32_and_close():
+    g = torch.Generator().manual_seed(4)
+    a = F.normalize(torch.randn(64, 32, generator=g), dim=-1)
+    b = F.normalize(torch.randn(64, 32, generator=g), dim=-1)
+    s, bias = torch.tensor(10.0), torch.tensor(-10.0)
+    fp32 = [ClipLoss()(a, b, s), ClipLoss()(a, b, s, ids=torch.arange(64)),
+            SigLipLoss()(a, b, s, bias)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = [ClipLoss()(a, b, s), ClipLoss()(a, b, s, ids=torch.arange(64)),
+                SigLipLoss()(a, b, s, bias)]
+    for lo, hi in zip(bf16, fp32):
+        assert lo.dtype == torch.float32
+        assert lo.item() == pytest.approx(hi.item(), rel=1e-2)
