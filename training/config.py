@@ -97,6 +97,9 @@ def parse_cli(argv):
     pairs, i = [], 0
     while i < len(argv):
         tok = argv[i]
+        if tok == "--":  # torchrun ... train_stage1.py -- --logs DIR (see README)
+            i += 1
+            continue
         if not tok.startswith("--"):
             raise ConfigError(f"command line: expected --key [value], got {tok!r}")
         if "=" in tok:
