@@ -1,0 +1,258 @@
+"""Simulated mmWave radar + text dataset in the mmExpert / HumanML3D format.
+
+``generate_radar_dataset(root, num_train, num_val, num_test, seed=0,
+workers=1, **params)`` writes, under ``root``::
+
+    mmwave/{id}.npz    range_time (256, T), doppler_time (128, T),
+                       azimuth_time (128, T) float32 (radar maps, see
+                       data/radar_fmcw.py), plus joints (T, 20, 3) float32
+                       (the skeleton at the radar frame rate; extra keys are
+                       ignored by the loader, real mmExpert files lack it)
+    texts/{id}.txt     HumanML3D lines ``caption#word/POS ...#0.0#0.0``
+    meta/{id}.json     {"actions": [{"name", "start", "end", "params"}, ...]
+                       (times in s, in order), "captions": [...],
+                       "order_swapped_captions": [...] (same actions in
+                       another order; empty for one-action clips),
+                       "num_frames": T}
+    _split/{train,val,test}.json
+                       {id: {"filefolder": ".", "fileindex": id,
+                       "captions": [...]}}; filefolder is the folder, relative
+                       to root, holding mmwave/ and texts/ (meta/ too).
+    data_info.json     {"params": generator parameters (the cache key),
+                       "radar": RadarConfig, "actions": [names],
+                       "action_prompts": {name: prompt}, "splits": counts}
+    DONE               written last: the dataset is complete.
+
+Ids are ``{index:06d}``: train, then val, then test, so the splits are
+disjoint by construction; each clip has its own subject, start position and
+action chain, drawn from ``np.random.default_rng([seed, index])``, so val and
+test differ and any worker count gives the same bytes.
+
+Every file is written to a temporary name and renamed, so a killed run never
+leaves a truncated file under a final name; ``ensure_radar_dataset`` resumes
+such a run (keeping finished clips) when the parameters match and starts
+over when they do not.
+
+Simulation of one clip: ``radar_actions.sample_clip`` chains 1-3 actions
+(5-11 s), ``radar_motion.forward_kinematics`` poses a 20-joint skeleton at
+100 Hz; scatterers are points along each bone with the bone's ellipsoid RCS
+(``segment_rcs``), velocities are time derivatives of their positions; static
+clutter points and, optionally, mirror images behind a side wall (single-
+bounce multipath) are added; ``radar_fmcw.radar_maps`` turns them into the
+three maps at 20 frames/s.
+"""
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from data.radar_actions import ACTION_NAMES, sample_clip
+from data.radar_fmcw import RadarConfig, radar_maps
+from data.radar_motion import BONES, J, forward_kinematics, sample_body
+from data.radar_text import ACTION_PROMPTS, humanml3d_lines, make_captions, order_swapped_captions
+
+FORMAT_VERSION = 1
+GENERATOR_DEFAULTS = {
+    "min_duration": 5.0,        # s; T = 100 frames at 20 frames/s (mmExpert keeps T >= 100)
+    "max_duration": 11.0,       # s; T < 500 always
+    "scatterers_per_bone": 4,
+    "clutter_points": (3, 8),   # static reflectors per clip (walls, furniture)
+    "multipath": True,          # mirror images behind a side wall
+    "wall_reflection": 0.3,     # power reflection coefficient of that wall
+    "noise_power": 1e-6,        # relative to gain^2; x0.5..2 per clip
+    "noise_looks": 16,
+    "gain": 1000.0,             # ADC-like amplitude units
+    "num_captions": 4,
+    "max_words": 20,            # = seed 001's max_text_len
+    "frame_rate": 20.0,
+}
+# Ellipsoid radius (m) of each bone, by the bone's child joint.
+SEGMENT_RADIUS = {"spine": 0.15, "shoulder_center": 0.15, "head": 0.09, "shoulder_l": 0.06, "shoulder_r": 0.06,
+                  "elbow_l": 0.045, "elbow_r": 0.045, "wrist_l": 0.035, "wrist_r": 0.035, "hand_l": 0.03,
+                  "hand_r": 0.03, "hip_l": 0.1, "hip_r": 0.1, "knee_l": 0.07, "knee_r": 0.07,
+                  "ankle_l": 0.05, "ankle_r": 0.05, "foot_l": 0.04, "foot_r": 0.04}
+
+
+def segment_rcs(axis, los, half_len, radius):
+    """RCS (m^2) of a prolate ellipsoid seen along `los` (Chen, *The Micro-Doppler Effect in Radar*).
+
+    axis, los: [..., 3] unit vectors; sigma = pi r^4 c^2 / (r^2 sin^2 t + c^2 cos^2 t)^2
+    with semi-axes (r, r, c): broadside pi c^2, end-on pi r^4 / c^2.
+    """
+    cos2 = np.clip(np.einsum("...c,...c->...", axis, los) ** 2, 0, 1)
+    c, r = np.maximum(half_len, radius), radius
+    return np.pi * r ** 4 * c ** 2 / (r ** 2 * (1 - cos2) + c ** 2 * cos2) ** 2
+
+
+def body_scatterers(joints, vel, per_bone, radar_pos):
+    """Points along each bone: positions, velocities [N, P, 3] and RCS [N, P]."""
+    u = (np.arange(per_bone) + 0.5) / per_bone                      # [K] along the bone
+    a = np.array([J[p] for p, _ in BONES])
+    b = np.array([J[c] for _, c in BONES])
+    pos = joints[:, a, None] * (1 - u)[:, None] + joints[:, b, None] * u[:, None]   # [N, B, K, 3]
+    v = vel[:, a, None] * (1 - u)[:, None] + vel[:, b, None] * u[:, None]
+    seg = joints[:, b] - joints[:, a]                               # [N, B, 3]
+    length = np.linalg.norm(seg, axis=-1)
+    axis = seg / np.maximum(length, 1e-6)[..., None]
+    mid = (joints[:, a] + joints[:, b]) / 2
+    los = mid - radar_pos
+    los /= np.linalg.norm(los, axis=-1, keepdims=True)
+    radius = np.array([SEGMENT_RADIUS[c] for _, c in BONES])
+    rcs = segment_rcs(axis, los, length / 2, radius) / per_bone      # [N, B]
+    n = joints.shape[0]
+    return pos.reshape(n, -1, 3), v.reshape(n, -1, 3), np.repeat(rcs, per_bone, axis=1)
+
+
+def simulate_clip(rng, params, cfg):
+    """One clip: (maps dict of float32 [bins, T], actions, joints [T, 20, 3])."""
+    fine = 5 * params["frame_rate"]
+    body = sample_body(rng)
+    pose, actions = sample_clip(rng, body, min_duration=params["min_duration"],
+                                max_duration=params["max_duration"], fine_rate=fine)
+    joints = forward_kinematics(pose, body)                          # [N, 20, 3] at `fine` Hz
+    vel = np.gradient(joints, 1.0 / fine, axis=0)
+    frames = np.arange(0, len(joints), 5)                            # radar frames
+    joints, vel = joints[frames], vel[frames]
+    radar_pos = np.array([0.0, 0.0, cfg.height])
+    pos, v, rcs = body_scatterers(joints, vel, params["scatterers_per_bone"], radar_pos)
+    if params["multipath"]:
+        wall = rng.choice([-1, 1]) * rng.uniform(2.5, 4.0)           # side wall at x = wall
+        mpos, mv = pos.copy(), v.copy()
+        mpos[..., 0], mv[..., 0] = 2 * wall - pos[..., 0], -v[..., 0]
+        pos, v = np.concatenate([pos, mpos], 1), np.concatenate([v, mv], 1)
+        rcs = np.concatenate([rcs, params["wall_reflection"] * rcs], 1)
+    lo, hi = params["clutter_points"]
+    if hi > 0:
+        k = int(rng.integers(lo, hi + 1))
+        r, az = rng.uniform(1.5, 10.0, k), rng.uniform(-1.2, 1.2, k)
+        cpos = np.stack([r * np.sin(az), r * np.cos(az), rng.uniform(0, 2.0, k)], -1)
+        t_len = len(frames)
+        pos = np.concatenate([pos, np.broadcast_to(cpos, (t_len, k, 3))], 1)
+        v = np.concatenate([v, np.zeros((t_len, k, 3))], 1)
+        rcs = np.concatenate([rcs, np.broadcast_to(10 ** rng.uniform(-2, 0, k), (t_len, k))], 1)
+    noise = params["noise_power"] * 10 ** rng.uniform(-0.3, 0.3)
+    rt, dt, at = radar_maps(pos, v, rcs, cfg, noise_power=noise, gain=params["gain"],
+                            rng=rng, noise_looks=params["noise_looks"])
+    maps = {"range_time": rt, "doppler_time": dt, "azimuth_time": at}
+    return maps, actions, joints.astype(np.float32)
+
+
+# ------------------------------------------------------------------ file I/O
+def _atomic(path, write, mode="w"):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, mode) as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _write_json(path, obj):
+    _atomic(path, lambda f: json.dump(obj, f, indent=1))
+
+
+def _clip_id(index):
+    return f"{index:06d}"
+
+
+def _make_clip(job):
+    """Worker: simulate and write clip `index` unless its files exist; return (id, captions)."""
+    # One BLAS thread per process: the small matrix products of radar_maps
+    # run ~15x slower when OpenBLAS threads fight over 2 cores.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _make_clip_inner(*job)
+
+
+def _make_clip_inner(root, index, seed, params):
+    cid = _clip_id(index)
+    meta_path = os.path.join(root, "meta", f"{cid}.json")
+    files = [os.path.join(root, "mmwave", f"{cid}.npz"), os.path.join(root, "texts", f"{cid}.txt"), meta_path]
+    if all(os.path.exists(f) for f in files):   # finished by an interrupted earlier run
+        with open(meta_path) as f:
+            return cid, json.load(f)["captions"]
+    rng = np.random.default_rng([seed, index])
+    cfg = RadarConfig(frame_rate=params["frame_rate"])
+    maps, actions, joints = simulate_clip(rng, params, cfg)
+    captions = make_captions(actions, rng, num=params["num_captions"], max_words=params["max_words"])
+    swapped = order_swapped_captions(actions, rng, num=2, max_words=params["max_words"])
+    _atomic(files[0], lambda f: np.savez(f, joints=joints, **maps), "wb")
+    _atomic(files[1], lambda f: f.write(humanml3d_lines(captions)))
+    _write_json(meta_path, {"actions": actions, "captions": captions, "order_swapped_captions": swapped,
+                            "num_frames": int(maps["range_time"].shape[1])})
+    return cid, captions
+
+
+def _resolve(num_train, num_val, num_test, seed, params):
+    unknown = set(params) - set(GENERATOR_DEFAULTS)
+    if unknown:
+        raise ValueError(f"generate_radar_dataset: unknown parameters {sorted(unknown)}; "
+                         f"expected some of {sorted(GENERATOR_DEFAULTS)}")
+    resolved = {**GENERATOR_DEFAULTS, **params}
+    resolved["clutter_points"] = list(resolved["clutter_points"])
+    resolved.update(num_train=int(num_train), num_val=int(num_val), num_test=int(num_test), seed=int(seed),
+                    format_version=FORMAT_VERSION)
+    return resolved
+
+
+def generate_radar_dataset(root, num_train, num_val, num_test, seed=0, workers=1, **params):
+    """Write the dataset under root (see module docstring); returns None."""
+    p = _resolve(num_train, num_val, num_test, seed, params)
+    os.makedirs(root, exist_ok=True)
+    info = {"params": p, "radar": RadarConfig(frame_rate=p["frame_rate"]).as_dict(),
+            "actions": list(ACTION_NAMES), "action_prompts": dict(ACTION_PROMPTS),
+            "splits": {"train": p["num_train"], "val": p["num_val"], "test": p["num_test"]}}
+    _write_json(os.path.join(root, "data_info.json"), info)     # first: marks root as ours
+    for sub in ("mmwave", "texts", "meta", "_split"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    n = p["num_train"] + p["num_val"] + p["num_test"]
+    jobs = [(root, i, p["seed"], p) for i in range(n)]
+    t0 = time.time()
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            results = list(tqdm(pool.imap(_make_clip, jobs, chunksize=8), total=n, desc="radar clips",
+                                mininterval=5))
+    else:
+        results = [_make_clip(j) for j in tqdm(jobs, desc="radar clips", mininterval=5)]
+    bounds = {"train": (0, p["num_train"]), "val": (p["num_train"], p["num_train"] + p["num_val"]),
+              "test": (p["num_train"] + p["num_val"], n)}
+    for split, (lo, hi) in bounds.items():
+        _write_json(os.path.join(root, "_split", f"{split}.json"),
+                    {cid: {"filefolder": ".", "fileindex": cid, "captions": caps}
+                     for cid, caps in results[lo:hi]})
+    _write_json(os.path.join(root, "DONE"), {"params": p, "seconds": round(time.time() - t0, 1)})
+
+
+def _matches(root, p):
+    path = os.path.join(root, "data_info.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("params") == p
+
+
+def ensure_radar_dataset(root, num_train, num_val, num_test, seed=0, workers=1, **params):
+    """Generate under root unless a finished dataset with these parameters is there.
+
+    Returns True if it generated. A finished dataset with other parameters is
+    replaced -- only if root holds our data_info.json: a folder of real data
+    is never deleted.
+    """
+    p = _resolve(num_train, num_val, num_test, seed, params)
+    done = os.path.join(root, "DONE")
+    if os.path.exists(done) and _matches(root, p):
+        return False
+    if os.path.isdir(os.path.join(root, "mmwave")) and not os.path.exists(os.path.join(root, "data_info.json")):
+        raise FileExistsError(f"{root} holds mmwave/ but no data_info.json: real data? "
+                              "Refusing to generate over it; choose another data.root.")
+    if not _matches(root, p):       # other parameters: start over (resume only an identical run)
+        for sub in ("mmwave", "texts", "meta", "_split", "DONE", "data_info.json"):
+            path = os.path.join(root, sub)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    generate_radar_dataset(root, num_train, num_val, num_test, seed=seed, workers=workers, **params)
+    return True
