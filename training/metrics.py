@@ -25,9 +25,11 @@ item -> text (one query per item that has captions, against all texts):
 Median rank: floor of the median (the mean of the two middle ranks when
 their number is even), as LAION-CLAP reports it.
 
-Memory: text->item works on row chunks [chunk, Ni]; item->text on column
-chunks [Nt, chunk] (one column per caption of the chunk, i.e. its item), so
-a 50k gallery never needs the whole Nt x Ni matrix.
+Memory: text->item works on row chunks [chunk_size, Ni]; item->text on
+chunks [c, Nt] (one row per caption: its item's scores against all
+texts) with c = chunk_size * Ni // Nt, so every step holds about
+chunk_size x Ni scores and a 50k gallery never needs the whole Nt x Ni
+matrix (Ni = 50k, 5 captions each, chunk_size 1024: ~200 MB per step).
 """
 import math
 
@@ -76,24 +78,30 @@ def _check(nt, ni, text_to_item):
                          f"got range [{text_to_item.min().item()}, {text_to_item.max().item()}]")
 
 
-def _metrics(score_rows, score_cols, nt, ni, text_to_item, chunk_size):
-    """score_rows(t0, t1) -> scores [t1-t0, Ni]; score_cols(items) -> [Nt, len]."""
+def _metrics(score_rows, score_items, nt, ni, text_to_item, chunk_size):
+    """score_rows(t0, t1) -> scores [t1-t0, Ni]; score_items(items) -> the
+    items' scores against all texts, [len(items), Nt] (rows, so the
+    comparisons below reduce over contiguous memory).
+    Ranks are counted on the scores' device; only ranks come back to CPU."""
     text_to_item = text_to_item.cpu()
     _check(nt, ni, text_to_item)
     t2i = torch.empty(nt, dtype=torch.long)
-    i2t = torch.empty(nt, dtype=torch.long)
     for t0 in range(0, nt, chunk_size):
         t1 = min(t0 + chunk_size, nt)
-        items = text_to_item[t0:t1]
-        s = score_rows(t0, t1).float().cpu()                       # [c, Ni]
-        true = s.gather(1, items[:, None])                         # [c, 1]
-        t2i[t0:t1] = (s >= true).sum(1)
-        # Each caption of this chunk against all texts, in its item's column;
-        # score each distinct item once (captions of one item are adjacent).
-        uniq, inv = torch.unique(items, return_inverse=True)
-        s = score_cols(uniq).float().cpu()[:, inv]                 # [Nt, c]
-        true = s[torch.arange(t0, t1), torch.arange(t1 - t0)]      # [c]
-        i2t[t0:t1] = (s >= true[None, :]).sum(0)
+        s = score_rows(t0, t1).float()                                  # [c, Ni]
+        true = s.gather(1, text_to_item[t0:t1, None].to(s.device))      # [c, 1]
+        t2i[t0:t1] = (s >= true).sum(1).cpu()
+    # Item -> text: each caption against all texts, in its item's column.
+    # Captions per step chosen so a step holds ~chunk_size x Ni scores too.
+    step = max(1, chunk_size * ni // nt)
+    i2t = torch.empty(nt, dtype=torch.long)
+    for t0 in range(0, nt, step):
+        t1 = min(t0 + step, nt)
+        uniq, inv = torch.unique(text_to_item[t0:t1], return_inverse=True)
+        s = score_items(uniq).float()                                   # [u, Nt]
+        s = s[inv.to(s.device)]                                         # [c, Nt]
+        true = s[torch.arange(t1 - t0, device=s.device), torch.arange(t0, t1, device=s.device)]
+        i2t[t0:t1] = (s >= true[:, None]).sum(1).cpu()
     out = _rank_stats(t2i, "t2i_")
     out["t2i_mAP@10"] = torch.where(t2i <= 10, 1.0 / t2i.double(), 0.0).mean().item()
     out.update(_item_to_text(i2t, text_to_item, ni))
@@ -108,7 +116,7 @@ def retrieval_metrics(text_emb, item_emb, text_to_item, chunk_size=1024):
     products, computed chunk by chunk on the embeddings' device."""
     nt, ni = text_emb.shape[0], item_emb.shape[0]
     return _metrics(lambda t0, t1: text_emb[t0:t1] @ item_emb.T,
-                    lambda items: text_emb @ item_emb[items.to(item_emb.device)].T,
+                    lambda items: item_emb[items.to(item_emb.device)] @ text_emb.T,
                     nt, ni, text_to_item, chunk_size)
 
 
@@ -118,5 +126,5 @@ def retrieval_from_scores(scores, text_to_item, chunk_size=1024):
     similarities that are not a dot product (sequence similarity, ...)."""
     nt, ni = scores.shape
     return _metrics(lambda t0, t1: scores[t0:t1],
-                    lambda items: scores[:, items.to(scores.device)],
+                    lambda items: scores[:, items.to(scores.device)].T,
                     nt, ni, text_to_item, chunk_size)
