@@ -1,0 +1,77 @@
+"""Audio towers of sCLAP: the SED and DOA convolutional branches, the
+TemporalAudioEncoder of seed 002 and the DOA head.
+
+No BatchNorm anywhere (GroupNorm instead): the model must not mix samples,
+which is what keeps gradient accumulation exact.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvBranch(nn.Module):
+    """[B, in_ch, T, M] -> feature map [B, C, T / 2, M / 16] (default pools).
+
+    Time is pooled less than frequency: the temporal encoder and the DOA head
+    need to know *when* things happen."""
+
+    def __init__(self, in_ch, channels=(16, 32, 64, 128), pools=((1, 4), (2, 2), (1, 2), (1, 1)),
+                 convs_per_block=1):
+        super().__init__()
+        layers, c_in = [], in_ch
+        for c, p in zip(channels, pools):
+            for _ in range(convs_per_block):
+                layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(min(8, c), c), nn.GELU()]
+                c_in = c
+            layers.append(nn.AvgPool2d(p))
+        self.net = nn.Sequential(*layers)
+        self.out_channels = c_in
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TemporalAudioEncoder(nn.Module):
+    """Seed 002: split the feature map's time axis into n_chunks, mean each chunk
+    over (T, F), project, add a learnable position, 2-layer Transformer,
+    LayerNorm, mean over chunks, MLP. [B, C, T, F] -> [B, D]."""
+
+    def __init__(self, in_channels, dim, n_chunks=4, layers=2, heads=8, dropout=0.1):
+        super().__init__()
+        self.n_chunks = n_chunks
+        self.proj = nn.Linear(in_channels, dim)
+        self.pos = nn.Parameter(torch.zeros(1, n_chunks, dim))
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout, batch_first=True,
+                                           activation="gelu", norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, fmap):
+        T = fmap.shape[2]
+        if T < self.n_chunks:
+            raise ValueError(f"feature map has {T} frames, fewer than n_chunks={self.n_chunks}")
+        chunk = T // self.n_chunks  # trailing frames beyond n_chunks * chunk are dropped, as in the seed
+        seq = torch.stack([fmap[:, :, k * chunk:(k + 1) * chunk].mean(dim=(2, 3))
+                           for k in range(self.n_chunks)], dim=1)            # [B, n_chunks, C]
+        h = self.transformer(self.proj(seq) + self.pos)                       # [B, n_chunks, D]
+        return self.mlp(self.norm(h).mean(dim=1))                             # [B, D]
+
+
+class DOAHead(nn.Module):
+    """Directions of n_events events from the DOA feature map.
+
+    The map is averaged over frequency and pooled to `time_steps` steps, so the
+    MLP sees when each direction is active. Output [B, n_events, 3] in
+    [-1, 1] (tanh); targets are unit vectors, the loss is 1 - cos."""
+
+    def __init__(self, in_channels, n_events=2, time_steps=8, hidden=256):
+        super().__init__()
+        self.n_events, self.time_steps = n_events, time_steps
+        self.mlp = nn.Sequential(nn.Linear(in_channels * time_steps, hidden), nn.GELU(),
+                                 nn.Linear(hidden, 3 * n_events), nn.Tanh())
+
+    def forward(self, fmap):
+        x = F.adaptive_avg_pool1d(fmap.mean(dim=3), self.time_steps)   # [B, C, steps]
+        return self.mlp(x.flatten(1)).view(-1, self.n_events, 3)

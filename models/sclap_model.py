@@ -1,0 +1,134 @@
+"""sCLAP model (seed 002, BRIEF sec. 3): per-sample features of triplets.
+
+batch["feats"] [B, 3, 7, T, M] (pos, neg_t, neg_s; 4 log-mels + 3 intensity
+channels) and 3 spatial + 3 plain captions per item ->
+    audio    [B, 3, D]  triplet embedding: proj(cat(joint, temporal)), or the
+                        joint embedding sed + w * doa without the temporal encoder
+    sed      [B, 3, D]  semantic embedding (W log-mel branch)
+    text     [B, 3, D]  spatial captions
+    plain    [B, 3, D]  plain captions (for L_sem)
+    doa      [B, 3, 2, 3]
+    mod_audio, mod_text [B, 3]  modality logits behind GradientReversal
+Nothing here mixes samples; all cross-sample terms live in losses/sclap_loss.py.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.sclap_audio import ConvBranch, DOAHead, TemporalAudioEncoder
+from models.text_encoder import TextEncoder
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by -lambda_."""
+
+    @staticmethod
+    def forward(ctx, x, lambda_):
+        ctx.lambda_ = lambda_
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output.neg() * ctx.lambda_, None
+
+
+class ModalityClassifier(nn.Module):
+    """Seed 002's halving MLP (D -> D/2 -> ... -> D/16 -> 1), audio = 0, text = 1.
+    Returns logits (the loss uses BCE-with-logits; chance level is ln 2)."""
+
+    def __init__(self, dim, lambda_=1.0):
+        super().__init__()
+        self.lambda_ = lambda_
+        dims = [dim, dim // 2, dim // 4, dim // 8, dim // 16]
+        layers = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.classifier = nn.Sequential(*layers, nn.Linear(dims[-1], 1))
+
+    def forward(self, x):
+        return self.classifier(GradientReversal.apply(x, self.lambda_)).squeeze(-1)
+
+
+class TextHead(nn.Module):
+    """Order-aware pooling of the text encoder's token features: a small
+    Transformer with learned positions over [B, L, D], masked mean. A frozen
+    MiniLM's mean-pooled sentence vector barely separates "A, then B" from
+    "B, then A"; this layer learns to."""
+
+    def __init__(self, dim, layers=1, heads=4, max_len=77):
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(1, max_len, dim))
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, 0.1, batch_first=True,
+                                           activation="gelu", norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, tokens, mask):
+        h = self.transformer(tokens + self.pos[:, :tokens.shape[1]], src_key_padding_mask=~mask)
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return self.out((h * m).sum(1) / m.sum(1).clamp_min(1.0))
+
+
+class SCLAP(nn.Module):
+    def __init__(self, embed_dim=256, channels=(16, 32, 64, 128), use_temporal_encoder=True,
+                 n_chunks=4, temporal_layers=2, temporal_heads=8, use_modality_classifier=True,
+                 grl_lambda=1.0, n_events=2, doa_time_steps=8, text_model=None, text_layers=1,
+                 freeze_text_backbone=True, unfreeze_last_n=0):
+        super().__init__()
+        self.sed_branch = ConvBranch(1, channels)
+        self.doa_branch = ConvBranch(7, channels)
+        C = self.sed_branch.out_channels
+        self.sed_proj = nn.Linear(C, embed_dim)
+        self.doa_proj = nn.Linear(C, embed_dim)
+        self.w = nn.Parameter(torch.ones(embed_dim))  # joint = sed + w * doa
+        self.temporal = None
+        if use_temporal_encoder:
+            self.temporal = TemporalAudioEncoder(2 * C, embed_dim, n_chunks, temporal_layers, temporal_heads)
+            self.final_audio_projection = nn.Linear(2 * embed_dim, embed_dim)
+        self.doa_head = DOAHead(C, n_events, doa_time_steps)
+        self.text_encoder = TextEncoder(model_name=text_model, embed_dim=embed_dim,
+                                        freeze_backbone=freeze_text_backbone,
+                                        unfreeze_last_n=unfreeze_last_n)
+        self.text_head = TextHead(embed_dim, text_layers) if text_layers > 0 else None
+        self.modality_classifier = (ModalityClassifier(embed_dim, grl_lambda)
+                                    if use_modality_classifier else None)
+
+    def set_grad_checkpointing(self, enable=True):
+        self.text_encoder.set_grad_checkpointing(enable)
+
+    def encode_audio(self, feats):
+        """feats [N, 7, T, M] -> dict of audio [N, D], sed [N, D], doa [N, n_events, 3]."""
+        sed_map = self.sed_branch(feats[:, :1])                # [N, C, T', M']
+        doa_map = self.doa_branch(feats)                       # [N, C, T', M']
+        sed = self.sed_proj(sed_map.mean(dim=(2, 3)))
+        joint = sed + self.w * self.doa_proj(doa_map.mean(dim=(2, 3)))
+        audio = joint
+        if self.temporal is not None:
+            temporal = self.temporal(torch.cat([sed_map, doa_map], dim=1))
+            audio = self.final_audio_projection(torch.cat([joint, temporal], dim=-1))
+        return {"audio": audio, "sed": sed, "joint": joint, "doa": self.doa_head(doa_map)}
+
+    def encode_text(self, captions):
+        out = self.text_encoder(captions)
+        if self.text_head is None:
+            return out.features
+        return self.text_head(out.tokens, out.mask)            # [N, D]
+
+    def modality_logits(self, emb):
+        return self.modality_classifier(F.normalize(emb, dim=-1))
+
+    def forward(self, batch):
+        B = batch["feats"].shape[0]
+        a = self.encode_audio(batch["feats"].flatten(0, 1))    # 3B clips, item-major
+        out = {k: v.view(B, 3, *v.shape[1:]) for k, v in a.items()}
+        out["text"] = self.encode_text(batch["captions"]).view(B, 3, -1)
+        out["plain"] = self.encode_text(batch["plain_captions"]).view(B, 3, -1)
+        if self.modality_classifier is not None:
+            out["mod_audio"] = self.modality_logits(out["audio"])   # [B, 3]
+            out["mod_text"] = self.modality_logits(out["text"])     # [B, 3]
+        return out
+
+
+def build_sclap(mcfg):
+    return SCLAP(**mcfg)
