@@ -125,14 +125,15 @@ def build_jump(t, body, state, p):
     pose, s = neutral("standing", len(t)), _reps_phase(t, p)
     u = np.mod(s, 1.0)
     active = (s > 0) & (s < p["reps"])
-    crouch = active * (np.exp(-((u - 0.2) / 0.1) ** 2) + np.exp(-((u - 0.85) / 0.08) ** 2))
-    fly = active * (u > 0.35) * (u < 0.7) * np.sin(np.pi * np.clip((u - 0.35) / 0.35, 0, 1))
+    g = lambda mu, sd: active * np.exp(-((u - mu) / sd) ** 2)       # smooth pulses: no velocity jumps
+    crouch = g(0.2, 0.09) + g(0.85, 0.08)
+    fly = active * np.sin(np.pi * np.clip((u - 0.32) / 0.4, 0, 1)) ** 2
     height = 0.15 + 0.25 * p.get("height", 0.5)
     pose["air"] = height * fly
     for side in ("l", "r"):
         pose[f"hip_flex_{side}"] = 0.8 * crouch + 0.2 * fly
         pose[f"knee_{side}"] = 1.4 * crouch + 0.4 * fly
-        pose[f"sh_flex_{side}"] = -0.6 * crouch + 2.4 * fly
+        pose[f"sh_flex_{side}"] = -0.5 * crouch + 1.6 * g(0.5, 0.15)
     pose["trunk"] = 0.45 * crouch
     return {**pose, **_root(state, len(t))}, state
 

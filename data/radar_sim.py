@@ -10,9 +10,11 @@ workers=1, **params)`` writes, under ``root``::
                        ignored by the loader, real mmExpert files lack it)
     texts/{id}.txt     HumanML3D lines ``caption#word/POS ...#0.0#0.0``
     meta/{id}.json     {"actions": [{"name", "start", "end", "params"}, ...]
-                       (times in s, in order), "captions": [...],
-                       "order_swapped_captions": [...] (same actions in
-                       another order; empty for one-action clips),
+                       (times in s, in order), "captions": [...] (cleaned
+                       as the loader serves them: lower case, no period),
+                       "order_swapped_captions": [...] (index-aligned with
+                       captions: caption k with the actions in another
+                       order; [] for one-action clips),
                        "num_frames": T}
     _split/{train,val,test}.json
                        {id: {"filefolder": ".", "fileindex": id,
@@ -52,9 +54,10 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from data.radar_actions import ACTION_NAMES, sample_clip
+from data.radar_dataset import clean_caption
 from data.radar_fmcw import RadarConfig, radar_maps
 from data.radar_motion import BONES, J, forward_kinematics, sample_body
-from data.radar_text import ACTION_PROMPTS, humanml3d_lines, make_captions, order_swapped_captions
+from data.radar_text import ACTION_PROMPTS, humanml3d_lines, make_captions
 
 FORMAT_VERSION = 1
 GENERATOR_DEFAULTS = {
@@ -134,7 +137,7 @@ def simulate_clip(rng, params, cfg):
         t_len = len(frames)
         pos = np.concatenate([pos, np.broadcast_to(cpos, (t_len, k, 3))], 1)
         v = np.concatenate([v, np.zeros((t_len, k, 3))], 1)
-        rcs = np.concatenate([rcs, np.broadcast_to(10 ** rng.uniform(-2, 0, k), (t_len, k))], 1)
+        rcs = np.concatenate([rcs, np.broadcast_to(10 ** rng.uniform(-3, -1.5, k), (t_len, k))], 1)
     noise = params["noise_power"] * 10 ** rng.uniform(-0.3, 0.3)
     rt, dt, at = radar_maps(pos, v, rcs, cfg, noise_power=noise, gain=params["gain"],
                             rng=rng, noise_looks=params["noise_looks"])
@@ -171,16 +174,18 @@ def _make_clip_inner(root, index, seed, params):
     meta_path = os.path.join(root, "meta", f"{cid}.json")
     files = [os.path.join(root, "mmwave", f"{cid}.npz"), os.path.join(root, "texts", f"{cid}.txt"), meta_path]
     if all(os.path.exists(f) for f in files):   # finished by an interrupted earlier run
-        with open(meta_path) as f:
-            return cid, json.load(f)["captions"]
+        with open(files[1]) as f:
+            return cid, [line.split("#", 1)[0] for line in f if line.strip()]
     rng = np.random.default_rng([seed, index])
     cfg = RadarConfig(frame_rate=params["frame_rate"])
     maps, actions, joints = simulate_clip(rng, params, cfg)
-    captions = make_captions(actions, rng, num=params["num_captions"], max_words=params["max_words"])
-    swapped = order_swapped_captions(actions, rng, num=2, max_words=params["max_words"])
+    captions, swapped = make_captions(actions, rng, num=params["num_captions"], max_words=params["max_words"])
     _atomic(files[0], lambda f: np.savez(f, joints=joints, **maps), "wb")
     _atomic(files[1], lambda f: f.write(humanml3d_lines(captions)))
-    _write_json(meta_path, {"actions": actions, "captions": captions, "order_swapped_captions": swapped,
+    # meta holds captions as the loader serves them (clean_caption), so a swapped
+    # caption differs from its true one only in the order of the actions.
+    _write_json(meta_path, {"actions": actions, "captions": [clean_caption(c) for c in captions],
+                            "order_swapped_captions": [clean_caption(c) for c in swapped],
                             "num_frames": int(maps["range_time"].shape[1])})
     return cid, captions
 

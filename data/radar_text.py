@@ -5,8 +5,9 @@ quickly towards the radar") and gerund ("walking quickly towards the radar"),
 filled with its parameters (direction relative to the radar, speed,
 repetitions, arm/leg). A caption joins the phrases of the actions in order
 with a temporal connector ("then", "after that", "before", "after ...",
-"first ... then"). ``order_swapped_captions`` applies the same templates to
-the actions in another order: the temporal hard negatives of evaluation.
+"first ... then"). ``make_captions`` also returns, for each caption, the
+same sentence with the actions in another order: the temporal hard
+negatives of evaluation.
 
 Captions are kept to at most ``max_words`` words so the loader's
 ``max_text_len`` (seed 001: 20) never cuts off the last action.
@@ -97,12 +98,11 @@ def action_phrases(action, rng):
     return present.format(**fill).strip(), gerund.format(**fill).strip()
 
 
-def _join(subject, parts, rng):
+def _join(subject, parts, style):
     """One caption from the (present, gerund) phrases of actions in order."""
     pres = [p for p, _ in parts]
     if len(parts) == 1:
         return f"{subject} {pres[0]}"
-    style = int(rng.integers(4))
     if len(parts) == 2:
         a, b = parts
         return [f"{subject} {a[0]}, then {b[0]}", f"{subject} {a[0]} and after that {b[0]}",
@@ -115,27 +115,30 @@ def _join(subject, parts, rng):
 
 
 def make_captions(actions, rng, num=4, max_words=20):
-    """`num` distinct paraphrases of the action sequence (HumanML3D has ~3 per clip)."""
-    out = []
-    for _ in range(num * 10):
-        subject = str(rng.choice(SUBJECTS))
-        cap = _join(subject, [action_phrases(a, rng) for a in actions], rng) + "."
-        if len(cap.split()) <= max_words and cap not in out:
-            out.append(cap)
-        if len(out) == num:
-            break
-    if not out:
-        raise RuntimeError(f"no caption of at most {max_words} words for {[a['name'] for a in actions]}")
-    return out
+    """`num` distinct paraphrases of the action sequence and, index-aligned, their
+    order-swapped versions: (captions, swapped).
 
-
-def order_swapped_captions(actions, rng, num=2, max_words=20):
-    """Captions of the same actions in other orders (empty for one action)."""
+    swapped[k] uses caption k's subject, connector and phrases with the actions
+    in another order, so the two differ only in order (the hardest temporal
+    negative); swapped is [] for a one-action clip.
+    """
     perms = [p for p in itertools.permutations(range(len(actions))) if list(p) != sorted(p)]
-    out = []
-    for i in rng.permutation(len(perms))[:num]:
-        out += make_captions([actions[j] for j in perms[i]], rng, num=1, max_words=max_words)
-    return out
+    caps, swapped = [], []
+    for _ in range(num * 10):
+        subject, style = str(rng.choice(SUBJECTS)), int(rng.integers(4))
+        parts = [action_phrases(a, rng) for a in actions]
+        cap = _join(subject, parts, style) + "."
+        if len(cap.split()) > max_words or cap in caps:
+            continue
+        caps.append(cap)
+        if perms:
+            perm = perms[int(rng.integers(len(perms)))]
+            swapped.append(_join(subject, [parts[i] for i in perm], style) + ".")
+        if len(caps) == num:
+            break
+    if not caps:
+        raise RuntimeError(f"no caption of at most {max_words} words for {[a['name'] for a in actions]}")
+    return caps, swapped
 
 
 def pos_tags(caption):

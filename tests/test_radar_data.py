@@ -1,0 +1,278 @@
+"""Radar data: simulator physics, on-disk format round trip, loader options and errors."""
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from data.radar_actions import ACTION_NAMES, ACTIONS
+from data.radar_dataset import RadarDataError, RadarTextDataset, collate_radar
+from data.radar_fmcw import RadarConfig, array_kernel_power, hann_kernel_power, kernel_map, radar_maps
+from data.radar_motion import forward_kinematics, sample_body
+from data.radar_sim import body_scatterers, ensure_radar_dataset, generate_radar_dataset
+
+CFG = RadarConfig()
+
+
+def point_target(r, v, theta_deg, height=CFG.height, frames=4, rcs=1.0):
+    th = np.deg2rad(theta_deg)
+    los = np.array([np.sin(th), np.cos(th), 0.0])
+    pos = np.broadcast_to(np.array([0, 0, height]) + r * los, (frames, 1, 3)).copy()
+    vel = np.broadcast_to(v * los, (frames, 1, 3)).copy()
+    return pos, vel, np.full((frames, 1), rcs)
+
+
+# ------------------------------------------------------------------ physics
+@pytest.mark.parametrize("r,v,theta", [(1.7, 0.0, 0.0), (3.0, 1.5, 20.0), (5.3, -2.2, -35.0),
+                                       (8.9, 4.1, 48.0), (2.2, -0.35, -10.0)])
+def test_point_target_peaks_at_analytic_bins(r, v, theta):
+    rt, dt, at = radar_maps(*point_target(r, v, theta), CFG)
+    # Analytic bins from the radar parameters, not from the code under test.
+    c, f0, slope, fs, n = 299_792_458.0, 77e9, 70e12, 5.209e6, 256
+    range_res = c / (2 * slope * n / fs)
+    vel_res = (c / f0) / (2 * 0.02)                   # lambda / (2 * 128 chirps * T_c), 128 T_c = 20 ms
+    assert rt.shape == (256, 4) and dt.shape == (128, 4) and at.shape == (128, 4)
+    assert abs(range_res - 0.04357) < 1e-4 and abs(vel_res - 0.0973) < 1e-3
+    for t in range(4):
+        assert rt[:, t].argmax() == round(r / range_res)
+        assert dt[:, t].argmax() == round(64 + v / vel_res)
+        assert at[:, t].argmax() == round(64 + 64 * np.sin(np.deg2rad(theta)))
+
+
+def test_velocity_beyond_vmax_aliases():
+    v = CFG.max_velocity + 1.0                         # 7.2 m/s wraps to the negative side
+    _, dt, _ = radar_maps(*point_target(3.0, v, 0.0), CFG)
+    assert dt[:, 0].argmax() == round((64 + v / CFG.velocity_res) % 128)
+    assert dt[:, 0].argmax() < 64
+
+
+def test_amplitude_follows_radar_equation():
+    """Peak amplitude ~ sqrt(RCS) / R^2: twice the range -> 1/4, 4x the RCS -> 2x."""
+    near = radar_maps(*point_target(2.0, 0.0, 0.0), CFG)[0].max()
+    far = radar_maps(*point_target(4.0, 0.0, 0.0), CFG)[0].max()
+    big = radar_maps(*point_target(2.0, 0.0, 0.0, rcs=4.0), CFG)[0].max()
+    assert far / near == pytest.approx(0.25, rel=0.02)
+    assert big / near == pytest.approx(2.0, rel=1e-4)
+
+
+def test_fast_kernel_map_equals_direct_sum():
+    rng = np.random.default_rng(0)
+    bins, power = rng.uniform(0, 128, (3, 7)), rng.uniform(0.1, 1, (3, 7))
+    k = np.arange(128)
+    for kind, kernel in (("hann", lambda d: hann_kernel_power(d, 128)),
+                         ("array", lambda d: array_kernel_power(d, 8, 128))):
+        fast = kernel_map(bins, power, 128, kind, wrap=True, n_elem=8)
+        delta = np.mod(k[:, None, None] - bins[None] + 64, 128) - 64          # [K, T, P]
+        direct = (kernel(delta) * power[None]).sum(-1)
+        np.testing.assert_allclose(fast, direct, atol=0.02 * direct.max())
+
+
+def _simulate(action, params, state):
+    rng = np.random.default_rng(1)
+    body = sample_body(rng)
+    t = np.arange(int(params["duration"] * 100)) / 100
+    pose, _ = ACTIONS[action][1](t, body, state, params)
+    joints = forward_kinematics(pose, body)[::5]
+    vel = np.gradient(forward_kinematics(pose, body), 0.01, axis=0)[::5]
+    pos, v, rcs = body_scatterers(joints, vel, 4, np.array([0, 0, CFG.height]))
+    return radar_maps(pos, v, rcs, CFG)
+
+
+def _centroid(m):  # energy-weighted mean bin per frame [T]
+    return (m ** 2 * np.arange(m.shape[0])[:, None]).sum(0) / (m ** 2).sum(0)
+
+
+def test_walking_signatures_visible_in_the_maps():
+    """Walking towards the radar: range falls and Doppler sits below zero
+    velocity; walking left: the azimuth bin falls."""
+    start = {"posture": "standing", "x": 0.0, "y": 5.0, "heading": np.pi}
+    rt, dt, _ = _simulate("walk", {"direction": "towards", "speed": 1.2, "duration": 2.5}, start)
+    rc = _centroid(rt)
+    assert rc[-1] < rc[0] - 2.0 / CFG.range_res * 0.8      # ~2.6 m closer
+    moving = dt[:, 15:35]
+    assert _centroid(moving).mean() < 64 - 0.5 / CFG.velocity_res
+    _, _, at = _simulate("walk", {"direction": "left", "speed": 1.2, "duration": 2.5}, start)
+    ac = _centroid(at)
+    assert ac[-1] < ac[0] - 10
+
+
+# ------------------------------------------------------------- round trip
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("radar"))
+    ensure_radar_dataset(root, 6, 3, 4, seed=3, workers=1)
+    return root
+
+
+def test_round_trip_format_and_loader(generated):
+    root = generated
+    with open(os.path.join(root, "data_info.json")) as f:
+        info = json.load(f)
+    assert len(info["actions"]) >= 12 and set(info["action_prompts"]) == set(info["actions"])
+    keys = {}
+    for split in ("train", "val", "test"):
+        with open(os.path.join(root, "_split", f"{split}.json")) as f:
+            keys[split] = json.load(f)
+    assert [len(keys[s]) for s in ("train", "val", "test")] == [6, 3, 4]
+    assert not (set(keys["train"]) & set(keys["val"]) or set(keys["train"]) & set(keys["test"])
+                or set(keys["val"]) & set(keys["test"]))
+    for cid, e in keys["val"].items():
+        assert e["fileindex"] == cid and len(e["captions"]) >= 2
+        lines = open(os.path.join(root, "texts", f"{cid}.txt")).read().splitlines()
+        assert all(len(line.split("#")) == 4 for line in lines)
+        with np.load(os.path.join(root, "mmwave", f"{cid}.npz")) as z:
+            t = z["range_time"].shape[1]
+            assert z["doppler_time"].shape == (128, t) and z["azimuth_time"].shape == (128, t)
+            assert z["range_time"].dtype == np.float32 and 100 <= t < 500
+
+    test = RadarTextDataset(root, "test", train=False)
+    val = RadarTextDataset(root, "val", train=False)
+    assert {it["key"] for it in val.items}.isdisjoint({it["key"] for it in test.items})
+    assert not torch.equal(val[0]["doppler_time"], test[0]["doppler_time"])
+    for i in range(len(test)):
+        item, meta = test[i], test.clip_meta(i)
+        n = item["radar_mask"].sum().item()
+        assert n == min(test.items[i]["T"], 496) and not item["radar_mask"][n:].any()
+        assert item["range_time"].shape == (256, 496) and (item["range_time"][:, n:] == 0).all()
+        assert item["caption"] == item["captions"][0] and item["caption"] == item["caption"].lower()
+        assert not item["caption"].endswith(".") and len(item["caption"].split()) <= 20
+        assert item["actions"] == [a["name"] for a in meta["actions"]]
+        assert item["label"] == ACTION_NAMES.index(item["actions"][0])
+        assert meta["captions"] == item["captions"]
+        swapped = meta["order_swapped_captions"]
+        if item["num_actions"] > 1:   # aligned: same template and phrases, other order
+            assert len(swapped) == len(item["captions"])
+            for cap, sw in zip(item["captions"], swapped):
+                assert cap != sw and len(cap.split()) == len(sw.split())
+        else:
+            assert swapped == []
+    batch = collate_radar([test[0], test[1]])
+    assert batch["doppler_time"].shape == (2, 128, 496) and batch["label"].dtype == torch.long
+    assert isinstance(batch["captions"][0], list)
+
+
+def test_views_selection_and_normalisation(generated):
+    only = RadarTextDataset(generated, "val", radar_views="doppler", train=False)[0]
+    assert "doppler_time" in only and "range_time" not in only and "azimuth_time" not in only
+    raw = RadarTextDataset(generated, "val", log_norm=False, train=False)[0]
+    n = raw["radar_mask"].sum()
+    for key in ("range_time", "doppler_time", "azimuth_time"):
+        assert raw[key][:, :n].min() == 0 and raw[key][:, :n].max() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="radar_views"):
+        RadarTextDataset(generated, "val", radar_views="elevation")
+
+
+def test_generation_is_deterministic_cached_and_resumable(generated, tmp_path):
+    root = str(tmp_path / "copy")
+    assert ensure_radar_dataset(root, 6, 3, 4, seed=3, workers=2)       # 2 workers, same bytes
+    for sub in ("mmwave/000007.npz", "texts/000007.txt", "meta/000007.json", "_split/test.json"):
+        assert open(os.path.join(root, sub), "rb").read() == open(os.path.join(generated, sub), "rb").read()
+    assert not ensure_radar_dataset(root, 6, 3, 4, seed=3)                # cached
+    # A killed run: no DONE, one clip missing -> only that clip is made again.
+    os.remove(os.path.join(root, "DONE"))
+    os.remove(os.path.join(root, "mmwave", "000002.npz"))
+    before = os.path.getmtime(os.path.join(root, "mmwave", "000003.npz"))
+    assert ensure_radar_dataset(root, 6, 3, 4, seed=3)
+    assert os.path.getmtime(os.path.join(root, "mmwave", "000003.npz")) == before
+    assert open(os.path.join(root, "mmwave", "000002.npz"), "rb").read() == \
+        open(os.path.join(generated, "mmwave", "000002.npz"), "rb").read()
+    # Other parameters: a new dataset.
+    assert ensure_radar_dataset(root, 2, 1, 1, seed=4)
+    assert len(os.listdir(os.path.join(root, "mmwave"))) == 4
+    with pytest.raises(ValueError, match="unknown parameters"):
+        generate_radar_dataset(root, 1, 1, 1, bogus=3)
+
+
+def test_refuses_to_overwrite_real_data(tmp_path):
+    root = _write_fake(tmp_path, {"a": 120})
+    with pytest.raises(FileExistsError):
+        ensure_radar_dataset(root, 1, 1, 1)
+
+
+# ------------------------------------------------------ real-format files
+def _write_fake(tmp_path, clips, split="train", arrays=None):
+    """mmExpert-format folder without meta/ or data_info.json (like real data).
+    clips: {id: T}; each view holds the frame index t + 1 in every bin."""
+    root = str(tmp_path / "real")
+    os.makedirs(os.path.join(root, "mmwave"), exist_ok=True)
+    os.makedirs(os.path.join(root, "_split"), exist_ok=True)
+    entries = {}
+    for cid, t in clips.items():
+        frame = np.arange(1, t + 1, dtype=np.float32)
+        maps = {k: np.broadcast_to(frame, (n, t)).copy()
+                for k, n in (("range_time", 256), ("doppler_time", 128), ("azimuth_time", 128))}
+        maps.update((arrays or {}).get(cid, {}))
+        np.savez(os.path.join(root, "mmwave", f"{cid}.npz"), **maps)
+        entries[cid] = {"filefolder": ".", "fileindex": cid, "captions": [f"A person does {cid}.#x/X#0.0#0.0"]}
+    with open(os.path.join(root, "_split", f"{split}.json"), "w") as f:
+        json.dump(entries, f)
+    return root
+
+
+def test_one_crop_offset_shared_by_all_views(tmp_path):
+    root = _write_fake(tmp_path, {"a": 300, "b": 137})
+    ds = RadarTextDataset(root, "train", max_motion_length=128, log_norm=False, train=True)
+    raw = RadarTextDataset(root, "train", max_motion_length=128, train=True)
+    starts = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            item = ds[i]
+            n = item["radar_mask"].sum().item()
+            assert n % 16 == 0 and n == 128
+            # min-max keeps a linear ramp: the views agree frame by frame iff the offset is shared
+            first = [item[k][0, :n] for k in ("range_time", "doppler_time", "azimuth_time")]
+            assert torch.allclose(first[0], first[1]) and torch.allclose(first[0], first[2])
+            raw.set_epoch(epoch)
+            starts.add((i, round(np.expm1(raw[i]["range_time"][0, 0].item()))))
+    assert len(starts) > 4                                    # the offset is random...
+    ds.set_epoch(2)
+    assert torch.equal(ds[0]["range_time"], ds[0]["range_time"])   # ...and reproducible
+    item = ds[0]
+    assert item["label"] == -1 and item["actions"] == [] and item["caption"] == "a person does a"
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"doppler_time": None}, "missing key 'doppler_time'"),
+    ({"azimuth_time": np.zeros((64, 120), np.float32)}, r"shape \(64, 120\); expected \(128, T\)"),
+    ({"range_time": np.zeros((256, 130), np.float32)}, "expected the same number of frames"),
+])
+def test_bad_files_raise_clear_errors(tmp_path, bad, match):
+    arrays = {k: v for k, v in bad.items() if v is not None}
+    root = _write_fake(tmp_path, {"x": 120}, arrays={"x": arrays})
+    if any(v is None for v in bad.values()):
+        path = os.path.join(root, "mmwave", "x.npz")
+        with np.load(path) as z:
+            kept = {k: z[k] for k in z.files if k not in bad}
+        np.savez(path, **kept)
+    with pytest.raises(RadarDataError, match=match) as e:
+        RadarTextDataset(root, "train")
+    assert "x.npz" in str(e.value)
+
+
+def test_nan_and_length_errors_and_filtering(tmp_path):
+    nan = np.ones((128, 150), np.float32)
+    nan[3, 7] = np.nan
+    root = _write_fake(tmp_path, {"ok": 150, "nan": 150, "short": 90},
+                       arrays={"nan": {"doppler_time": nan}})
+    with pytest.raises(RadarDataError, match=r"short.npz: T=90 frames; expected 100 <= T < 500"):
+        RadarTextDataset(root, "train")
+    with pytest.warns(UserWarning, match="dropped 1 clips shorter than min_motion_len=96"):
+        ds = RadarTextDataset(root, "train", t_range=None)
+    idx = [it["key"] for it in ds.items].index("nan")
+    with pytest.raises(RadarDataError, match="nan.npz: key 'doppler_time' has non-finite values"):
+        ds[idx]
+    with pytest.warns(UserWarning, match="dropped 2 clips"):
+        kept = RadarTextDataset(root, "train", filter_invalid=True)
+    assert [it["key"] for it in kept.items] == ["ok"]
+
+
+def test_missing_split_and_missing_file(tmp_path):
+    root = _write_fake(tmp_path, {"a": 120})
+    with pytest.raises(FileNotFoundError, match=r"_split/test.json: split file not found"):
+        RadarTextDataset(root, "test")
+    os.remove(os.path.join(root, "mmwave", "a.npz"))
+    with pytest.raises(RadarDataError, match="a.npz: file not found"):
+        RadarTextDataset(root, "train")
