@@ -80,6 +80,8 @@ class ClipLoss(nn.Module):
         if ids is not None and ids.shape != (n,):
             raise ValueError(f"ClipLoss: ids must be a LongTensor of shape [{n}], "
                              f"got {tuple(ids.shape)}")
+        if ids is not None:
+            ids = ids.to(features_a.device)  # NCCL gathers device tensors only
 
         if self.world_size > 1:
             if not self.gather_with_grad:

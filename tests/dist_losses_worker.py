@@ -11,7 +11,8 @@ single-process loss on the whole batch:
     parameter's gradient == its single-process gradient, i.e. for each
     shard, (its rank's input gradient) / world_size == the global-batch
     gradient of that shard; logit scale (and bias) likewise.
-Exits non-zero (AssertionError) on any mismatch.
+Prints one line per case and rank; exits with status 1 on every rank if any
+rank saw a mismatch.
 """
 import os
 import sys
