@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.radar_text import clean_caption
 from training.data import item_rng
 
 VIEWS = {"range_time": 256, "doppler_time": 128, "azimuth_time": 128}
@@ -68,13 +69,6 @@ def parse_views(radar_views):
                              f"{sorted(VIEW_ALIASES)}")
         out.append(key)
     return out
-
-
-def clean_caption(line, max_words=None):
-    text = line.split("#", 1)[0].strip().lower().rstrip(".").strip()
-    if max_words:
-        text = " ".join(text.split()[:max_words])
-    return text
 
 
 def _npz_shapes(path):

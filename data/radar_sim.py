@@ -54,12 +54,11 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from data.radar_actions import ACTION_NAMES, sample_clip
-from data.radar_dataset import clean_caption
 from data.radar_fmcw import RadarConfig, radar_maps
 from data.radar_motion import BONES, J, forward_kinematics, sample_body
-from data.radar_text import ACTION_PROMPTS, humanml3d_lines, make_captions
+from data.radar_text import ACTION_PROMPTS, clean_caption, humanml3d_lines, make_captions
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # bump when the simulation changes: it is part of the cache key
 GENERATOR_DEFAULTS = {
     "min_duration": 5.0,        # s; T = 100 frames at 20 frames/s (mmExpert keeps T >= 100)
     "max_duration": 11.0,       # s; T < 500 always

@@ -141,6 +141,15 @@ def make_captions(actions, rng, num=4, max_words=20):
     return caps, swapped
 
 
+def clean_caption(line, max_words=None):
+    """HumanML3D text line -> caption as served: text before the first #, lower case,
+    no trailing period, at most max_words words."""
+    text = line.split("#", 1)[0].strip().lower().rstrip(".").strip()
+    if max_words:
+        text = " ".join(text.split()[:max_words])
+    return text
+
+
 def pos_tags(caption):
     """HumanML3D's second field: word/POS tokens (a coarse tagger for our vocabulary)."""
     det = {"a", "the", "an", "both"}

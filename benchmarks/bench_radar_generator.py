@@ -1,0 +1,65 @@
+"""Radar data generator throughput: clips/s with 1 and 2 worker processes,
+measured side by side in one run, plus where a clip's time goes.
+
+    python benchmarks/bench_radar_generator.py [--clips 200]
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data.radar_actions import sample_clip  # noqa: E402
+from data.radar_fmcw import RadarConfig  # noqa: E402
+from data.radar_motion import forward_kinematics, sample_body  # noqa: E402
+from data.radar_sim import _resolve, generate_radar_dataset, simulate_clip  # noqa: E402
+
+
+def clips_per_s(n, workers):
+    root = tempfile.mkdtemp(prefix="bench_radar_")
+    try:
+        t0 = time.perf_counter()
+        generate_radar_dataset(root, n - 2, 1, 1, seed=123, workers=workers)
+        return n / (time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(root)
+
+
+def breakdown(n):
+    """Seconds per clip: motion + kinematics alone, and the whole simulation (no file I/O)."""
+    params, cfg = _resolve(1, 1, 1, 0, {}), RadarConfig()
+    rng = np.random.default_rng(0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            body = sample_body(rng)
+            pose, _ = sample_clip(rng, body, fine_rate=100.0)
+            forward_kinematics(pose, body)
+        motion = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        for _ in range(n):
+            simulate_clip(rng, params, cfg)
+        total = (time.perf_counter() - t0) / n
+    return motion, total
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clips", type=int, default=200)
+    args = ap.parse_args()
+    print(f"cores visible: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
+    motion, total = breakdown(max(args.clips // 4, 10))
+    print(f"per clip: motion+kinematics {1e3 * motion:.1f} ms, full simulation {1e3 * total:.1f} ms "
+          f"(radar maps {100 * (total - motion) / total:.0f}%)")
+    one = clips_per_s(args.clips, 1)
+    two = clips_per_s(args.clips, 2)
+    print(f"generate_radar_dataset, {args.clips} clips incl. writing files:")
+    print(f"  workers=1: {one:6.1f} clips/s")
+    print(f"  workers=2: {two:6.1f} clips/s  (x{two / one:.2f})")
+    quick = 2400 + 300 + 500
+    print(f"  -> quick preset ({quick} clips) at workers=2: ~{quick / two / 60:.1f} min")
