@@ -13,9 +13,12 @@ carry gradients back to the rank that owns each feature:
   backward runs the same exchange in reverse so each received tensor's
   gradient goes home to the rank that sent it.
 
-``torch.distributed.nn.all_gather`` has the same intended semantics, but its
-backward uses reduce_scatter, which gloo lacks, so CPU runs could not use it;
-the version here needs only all_gather and all_reduce.
+``torch.distributed.nn.all_gather`` (torch 2.14) has the same semantics: its
+backward sums each rank's slice over ranks with reduce_scatter on NCCL and
+with all_to_all + sum on other backends, i.e. a different code path per
+backend. The version here uses all_reduce on every backend (it moves the
+whole [N, D] gradient instead of one slice, negligible next to the encoders)
+so the path checked by the gloo test is the one that runs on NCCL.
 All shards must have the same shape on every rank (DistributedSampler with
 ``drop_last``), as all_gather requires.
 """
