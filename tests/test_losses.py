@@ -234,3 +234,23 @@ def test_losses_under_bf16_autocast_stay_fp32_and_close():
     for lo, hi in zip(bf16, fp32):
         assert lo.dtype == torch.float32
         assert lo.item() == pytest.approx(hi.item(), rel=1e-2)
+
+
+def test_metrics_never_score_more_than_a_chunk_at_once():
+    # The claim that a 50k gallery never needs the whole Nt x Ni matrix:
+    # every block of scores requested holds at most chunk_size x Ni values.
+    from training import metrics
+    text, item, text_to_item = _quantised_embeddings(300, 40, 6, 3)
+    chunk_size, sizes = 16, []
+
+    def rows(t0, t1):
+        sizes.append((t1 - t0) * 40)
+        return text[t0:t1] @ item.T
+
+    def items(idx):
+        sizes.append(len(idx) * 300)
+        return item[idx] @ text.T
+
+    m = metrics._metrics(rows, items, 300, 40, text_to_item, chunk_size)
+    assert max(sizes) <= chunk_size * 40 < 300 * 40
+    assert m == retrieval_from_scores(text @ item.T, text_to_item)
