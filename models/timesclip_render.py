@@ -3,7 +3,8 @@ seed's matplotlib drawing kept as the reference.
 
 Both draw the same chart: white background, one polyline in the variate's
 fixed colour, the series min-max normalised in its window (TimesCLIP draws
-each variate in its own window scale), a margin of ``margin`` pixels. Pixel
+each variate in its own window scale), a margin of ``margin`` pixels
+(default size / 28: 8 px at 224). Pixel
 (r, c) has its centre at (c + 0.5, r + 0.5); point t sits at
 x = margin + t * (W - 2 margin) / (T - 1), y = H - margin - v * (H - 2 margin).
 
@@ -28,9 +29,10 @@ VARIATE_COLOURS = (
 )
 
 
-def chart_points(series, size=224, margin=8.0):
+def chart_points(series, size=224, margin=None):
     """series [N, T] -> pixel coordinates px [T], py [N, T] (float)."""
     n, t = series.shape
+    margin = size / 28 if margin is None else margin
     lo = series.min(1, keepdim=True).values
     hi = series.max(1, keepdim=True).values
     v = (series - lo) / (hi - lo).clamp_min(1e-6)             # [N, T] in [0, 1]
@@ -62,7 +64,7 @@ def _y_range(px, py, j, cols, reach):
     return torch.minimum(ya, yb), torch.maximum(ya, yb)
 
 
-def render_lines(series, colours, size=224, line_width=2.0, margin=8.0, out=None):
+def render_lines(series, colours, size=224, line_width=2.0, margin=None, out=None):
     """series [N, T] float, colours [N, 3] in [0, 1] -> images [N, 3, size, size]
     in [0, 1] (white background). ``out``: a buffer to draw into (reusing it
     spares the page faults of a fresh allocation, which cost as much as the
@@ -70,6 +72,7 @@ def render_lines(series, colours, size=224, line_width=2.0, margin=8.0, out=None
     series = series.float()
     n, t = series.shape
     dev = series.device
+    margin = size / 28 if margin is None else margin
     px, py = chart_points(series, size, margin)                 # [T], [N, T]
     reach = line_width / 2 + 0.5                                # coverage > 0 within this distance
     dx = (size - 2 * margin) / (t - 1)
@@ -102,7 +105,7 @@ def render_lines(series, colours, size=224, line_width=2.0, margin=8.0, out=None
     return out.scatter_(2, ridx.unsqueeze(1).expand(n, 3, band, size), vals)
 
 
-def render_variates(x, size=224, line_width=2.0, margin=8.0, chunk=256, out=None):
+def render_variates(x, size=224, line_width=2.0, margin=None, chunk=256, out=None):
     """x [B, T, V] -> images [B, V, 3, size, size], variate v in colour v.
     ``out``: optional buffer with at least B*V*3*size*size elements."""
     b, t, v = x.shape
@@ -119,7 +122,7 @@ def render_variates(x, size=224, line_width=2.0, margin=8.0, chunk=256, out=None
     return imgs.view(b, v, 3, size, size)
 
 
-def render_matplotlib(series, colour, size=224, line_width=2.0, margin=8.0, dpi=100):
+def render_matplotlib(series, colour, size=224, line_width=2.0, margin=None, dpi=100):
     """The seed's drawing: one matplotlib figure per chart, rendered to an
     array. series [T] (numpy or tensor) -> [3, size, size] float in [0, 1]."""
     import matplotlib

@@ -1,0 +1,163 @@
+"""TimesCLIP metrics and figures.
+
+Stage 1 (completion, on a split): ``completion_rmse`` and ``completion_mae``
+in standardised units (each variate divided by its training std, so the seven
+bands weigh alike), ``completion_rmse_pct_range``: per-variate RMSE in the
+band's own units as a % of that band's range over the split's targets,
+averaged over variates (the seed's "RMSE / data range"); and, when both views
+exist, retrieval between the chart and token embeddings (``v2l_`` / ``l2v_``).
+
+Stage 2 (yield on a split, t/ha): ``yield_rmse``, ``yield_mae``, ``yield_r2``
+and the honest baselines fitted on the training years only: the training mean
+(``yield_r2_mean``), ridge regression on peak and integrated NDVI
+(``yield_r2_ridge``) and ridge on the whole standardised series
+(``yield_r2_ridge_full``, alpha chosen on the validation years).
+"""
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from data.timesclip_dataset import collate
+from data.timesclip_generate import BANDS
+from training.data import to_device
+
+NDVI = BANDS.index("NDVI")
+
+
+def _batches(dataset, batch_size=128):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+@torch.no_grad()
+def completion_metrics(model, dataset, device, out_dir=None, writer=None, step=0, n_plot=4):
+    model.eval()
+    preds, truths, xs, vis, lang = [], [], [], [], []
+    for batch in _batches(dataset):
+        batch = to_device(batch, device)
+        out = model(batch)
+        preds.append(out["forecast"].float().cpu())
+        truths.append(batch["y"].float().cpu())
+        xs.append(batch["x"].float().cpu())
+        if "vision" in out and "language" in out:
+            vis.append(out["vision"].float().mean(1).cpu())
+            lang.append(out["language"].float().mean(1).cpu())
+    pred, y, x = torch.cat(preds), torch.cat(truths), torch.cat(xs)   # [N, P, V]
+    err = pred - y
+    std = torch.as_tensor(dataset.table.std)                            # [V]
+    raw_rmse = (err * std).pow(2).mean((0, 1)).sqrt()                   # [V] band units
+    raw_y = y * std
+    rng = (raw_y.amax((0, 1)) - raw_y.amin((0, 1))).clamp_min(1e-12)
+    m = {"completion_rmse": err.pow(2).mean().sqrt().item(),
+         "completion_mae": err.abs().mean().item(),
+         "completion_rmse_pct_range": (100 * raw_rmse / rng).mean().item(),
+         "completion_rmse_ndvi": raw_rmse[NDVI].item()}
+    if vis:
+        from training.metrics import retrieval_metrics
+        a = torch.nn.functional.normalize(torch.cat(vis), dim=-1)
+        b = torch.nn.functional.normalize(torch.cat(lang), dim=-1)
+        r = retrieval_metrics(b, a, torch.arange(len(a)))
+        m.update({k.replace("t2i_", "l2v_").replace("i2t_", "v2l_"): v for k, v in r.items()
+                  if k.endswith(("R@1", "R@5", "mean_rank"))})
+    if out_dir is not None or writer is not None:
+        fig = forecast_figure(x, y, pred, n_plot)
+        if out_dir is not None:
+            os.makedirs(out_dir, exist_ok=True)
+            fig.savefig(os.path.join(out_dir, "forecasts.png"), dpi=100)
+        if writer is not None:
+            writer.add_figure("val/forecasts", fig, step)
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    return m
+
+
+def forecast_figure(x, y, pred, n_plot=4):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = min(n_plot, len(x))
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.6), squeeze=False)
+    h = x.shape[1]
+    for i, ax in enumerate(axes[0]):
+        ax.plot(range(h), x[i, :, NDVI], "k-", label="input")
+        ax.plot(range(h, h + y.shape[1]), y[i, :, NDVI], "k--", label="truth")
+        ax.plot(range(h, h + y.shape[1]), pred[i, :, NDVI], "r-", label="forecast")
+        ax.set_title(f"sample {i}: NDVI (std. units)", fontsize=8)
+        ax.set_xlabel("10-day step", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def r2(pred, y):
+    return float(1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+
+
+def _ridge(xtr, ytr, alpha):
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-9
+    a = (xtr - mu) / sd
+    w = np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ (ytr - ytr.mean()))
+    return lambda x: ((x - mu) / sd) @ w + ytr.mean()
+
+
+def ndvi_features(table, split):
+    """Peak and integrated (sum over composites) NDVI in band units, [N, 2]."""
+    ndvi = table.d["series"][table.splits[split], :, NDVI]
+    return np.stack([ndvi.max(1), ndvi.sum(1)], 1).astype(np.float64)
+
+
+def baselines(table, split):
+    """Predictions of the honest baselines on ``split``, fitted on train."""
+    ytr = table.d["yield"][table.splits["train"]].astype(np.float64)
+    n = len(table.splits[split])
+    out = {"mean": np.full(n, ytr.mean())}
+    out["ridge"] = _ridge(ndvi_features(table, "train"), ytr, 1.0)(ndvi_features(table, split))
+    full = {s: table.norm_series(s).reshape(len(table.splits[s]), -1).astype(np.float64)
+            for s in ("train", "val", split)}
+    yval = table.d["yield"][table.splits["val"]].astype(np.float64)
+    best = min((r2(_ridge(full["train"], ytr, a)(full["val"]), yval) * -1, a)
+               for a in (0.1, 1.0, 10.0, 100.0, 1000.0))[1]
+    out["ridge_full"] = _ridge(full["train"], ytr, best)(full[split])
+    return out
+
+
+@torch.no_grad()
+def yield_metrics(model, dataset, device, out_dir=None):
+    model.eval()
+    preds = []
+    for batch in _batches(dataset):
+        preds.append(model(to_device(batch, device)).float().cpu())
+    t = dataset.table
+    pred = torch.cat(preds).numpy().astype(np.float64) * t.y_std + t.y_mean   # t/ha
+    y = dataset.y_raw.numpy().astype(np.float64)
+    m = {"loss": float(np.mean(((pred - y) / t.y_std) ** 2)),
+         "yield_rmse": float(np.sqrt(np.mean((pred - y) ** 2))),
+         "yield_mae": float(np.mean(np.abs(pred - y))),
+         "yield_r2": r2(pred, y)}
+    base = baselines(t, dataset.split)
+    for k, p in base.items():
+        m[f"yield_r2_{k}"] = r2(p, y)
+        m[f"yield_rmse_{k}"] = float(np.sqrt(np.mean((p - y) ** 2)))
+    m["beats_ridge"] = float(m["yield_r2"] > m["yield_r2_ridge"])
+    if out_dir is not None:
+        yield_figure(y, pred, base["ridge"], m, os.path.join(out_dir, "yield_scatter.png"))
+    return m
+
+
+def yield_figure(y, pred, ridge, m, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(y, ridge, s=6, c="0.6", label=f"ridge NDVI (R2 {m['yield_r2_ridge']:.2f})")
+    ax.scatter(y, pred, s=6, c="C3", label=f"TimesCLIP (R2 {m['yield_r2']:.2f})")
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xlabel("true yield (t/ha)")
+    ax.set_ylabel("predicted yield (t/ha)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
