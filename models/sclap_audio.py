@@ -10,22 +10,23 @@ import torch.nn.functional as F
 
 
 class ConvBranch(nn.Module):
-    """[B, in_ch, T, M] -> feature map [B, C, T / 2, M / 16] (default pools).
+    """[B, in_ch, T, M] -> feature map [B, C, T / 2, M / freq_patch].
 
-    Time is pooled less than frequency: the temporal encoder and the DOA head
-    need to know *when* things happen."""
+    A stem convolution over bands of `freq_patch` mel bins (kernel 3 frames x
+    freq_patch bins, stride freq_patch along frequency) then 3x3 convolutions.
+    Time is pooled only once: the temporal encoder and the DOA head need to
+    know *when* things happen. (Measured here: 3x faster on CPU than a
+    16-32-64-128 3x3 VGG stack on the full-resolution map.)"""
 
-    def __init__(self, in_ch, channels=(16, 32, 64, 128), pools=((1, 4), (2, 2), (1, 2), (1, 1)),
-                 convs_per_block=1):
+    def __init__(self, in_ch, channels=(32, 32, 64), freq_patch=8):
         super().__init__()
-        layers, c_in = [], in_ch
-        for c, p in zip(channels, pools):
-            for _ in range(convs_per_block):
-                layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(min(8, c), c), nn.GELU()]
-                c_in = c
-            layers.append(nn.AvgPool2d(p))
-        self.net = nn.Sequential(*layers)
-        self.out_channels = c_in
+        c0, c1, c2 = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(in_ch, c0, (3, freq_patch), stride=(1, freq_patch), padding=(1, 0)),
+            nn.GroupNorm(8, c0), nn.GELU(), nn.AvgPool2d((2, 1)),
+            nn.Conv2d(c0, c1, 3, padding=1), nn.GroupNorm(8, c1), nn.GELU(),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.GroupNorm(8, c2), nn.GELU())
+        self.out_channels = c2
 
     def forward(self, x):
         return self.net(x)

@@ -1,0 +1,153 @@
+"""sCLAP data: FOA encoding direction, manifest round trip, real neg_t / neg_s
+audio, clear errors for bad input."""
+import csv
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy.io import wavfile
+
+from data.sclap_dataset import (ManifestError, STClothoDataset, collate, load_foa, read_manifest)
+from data.sclap_generate import MANIFEST, MANIFEST_COLUMNS, generate
+from data.sclap_spatial import Room, direction_vector, foa_encode, sector_of
+from models.sclap_classical_doa import block_intensity
+from models.sclap_frontend import SpatialFrontEnd
+
+SR = 16000
+GEN = dict(num_train=3, num_val=2, num_test=2, num_zeroshot=2, gen_seed=1, sample_rate=SR,
+           clip_seconds=4.0, event_seconds=[1.0, 1.8], max_elevation=45.0, max_order=6, snr_db=[20, 30])
+FE = dict(sample_rate=SR, clip_seconds=4.0, n_fft=1024, hop_length=640, n_mels=32, f_min=20.0, f_max=8000.0)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stclotho")
+    generate(dict(GEN, dir=str(d)), workers=1)
+    return str(d)
+
+
+def _angle(u, v):
+    return np.degrees(np.arccos(np.clip(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v), -1, 1)))
+
+
+@pytest.mark.parametrize("azi,ele", [(0, 0), (90, 0), (200, 30), (315, -40), (135, 10)])
+def test_intensity_vector_points_to_source(azi, ele):
+    s = np.random.default_rng(0).standard_normal(SR).astype(np.float32)
+    foa = foa_encode(s, azi, ele)                                    # [4, n], ACN W Y Z X
+    np.testing.assert_allclose(foa[1], s * np.sin(np.radians(azi)) * np.cos(np.radians(ele)), atol=1e-6)
+    _, iv = SpatialFrontEnd(**{k: v for k, v in FE.items() if k != "clip_seconds"})(
+        torch.from_numpy(foa[None]).float())
+    mean_iv = iv[0].mean(dim=(1, 2)).numpy()                         # [3] (x, y, z)
+    assert _angle(mean_iv, direction_vector(azi, ele)) < 1.0
+    # the classical estimator's intensity agrees
+    assert _angle(block_intensity(foa, SR).sum(0), direction_vector(azi, ele)) < 1.0
+
+
+def test_reverberant_render_keeps_direction():
+    rng = np.random.default_rng(3)
+    room = Room(rng, SR, max_order=6)
+    s = rng.standard_normal(SR)
+    for azi, ele in [(30, 0), (250, 20)]:
+        foa = room.render(s, azi, ele, 1.2)
+        est = block_intensity(foa, SR).sum(0)
+        assert _angle(est, direction_vector(azi, ele)) < 20.0    # reflections bias, but not by much
+        assert sector_of(np.degrees(np.arctan2(est[1], est[0]))) in {sector_of(azi), (sector_of(azi) + 1) % 8,
+                                                                     (sector_of(azi) - 1) % 8}
+
+
+def test_manifest_round_trip(dataset_dir):
+    rows = read_manifest(dataset_dir)
+    assert len(rows) == 3 * (3 + 2 + 2) + 2
+    with open(os.path.join(dataset_dir, MANIFEST), newline="") as f:
+        raw = list(csv.DictReader(f))
+    for r, w in zip(rows, raw):
+        assert r["file_name"] == w["file_name"] and r["caption"] == w["caption"]
+        assert r["event1_azimuth"] == pytest.approx(float(w["event1_azimuth"]))
+        x = load_foa(os.path.join(dataset_dir, r["file_name"]), SR, 4 * SR)
+        assert x.shape == (4, 4 * SR) and np.abs(x).max() > 0.1
+    ds = STClothoDataset(dataset_dir, "train", FE)
+    assert len(ds) == 3
+    item = ds[1]
+    assert item["feats"].shape == (3, 7, 101, 32)
+    pos = [r for r in rows if r["item_id"] == "train_00001" and r["variant"] == "pos"][0]
+    np.testing.assert_allclose(item["doa"][0, 0].numpy(),
+                               direction_vector(pos["event1_azimuth"], pos["event1_elevation"]), atol=1e-5)
+    assert item["captions"][0] == pos["caption"]
+    batch = collate([ds[0], ds[1]])
+    assert batch["feats"].shape[:2] == (2, 3) and len(batch["captions"]) == 6
+    # pos and neg_s share their plain caption (same events, same order): same id
+    assert (batch["plain_ids"][:, 0] == batch["plain_ids"][:, 2]).all()
+    assert (batch["caption_ids"][:, 0] != batch["caption_ids"][:, 2]).all()
+    test = STClothoDataset(dataset_dir, "test", FE, with_single=True)
+    assert len(test) == 2 and len(test.singles) == 2 and test.single_feats.shape[0] == 2
+
+
+def test_negatives_swap_order_and_direction(dataset_dir):
+    rows = read_manifest(dataset_dir)
+    for item_id in ("train_00000", "train_00001", "train_00002", "val_00000"):
+        v = {r["variant"]: r for r in rows if r["item_id"] == item_id}
+        p, t, s = v["pos"], v["neg_t"], v["neg_s"]
+        # labels: neg_t = B then A with the same directions; neg_s = A then B from other sectors
+        assert (t["event1_class"], t["event2_class"]) == (p["event2_class"], p["event1_class"])
+        assert (t["event1_azimuth"], t["event2_azimuth"]) == (p["event2_azimuth"], p["event1_azimuth"])
+        assert (s["event1_class"], s["event2_class"]) == (p["event1_class"], p["event2_class"])
+        assert sector_of(s["event1_azimuth"]) != sector_of(p["event1_azimuth"])
+        assert sector_of(s["event2_azimuth"]) != sector_of(p["event2_azimuth"])
+        assert p["caption"] != t["caption"] != s["caption"] != p["caption"]
+        # audio: the direction measured in each half of each clip is the labelled one
+        for r in (p, t, s):
+            x = load_foa(os.path.join(dataset_dir, r["file_name"]), SR, 4 * SR)
+            halves = [block_intensity(x[:, h * 2 * SR:(h + 1) * 2 * SR], SR).sum(0) for h in (0, 1)]
+            measured = np.stack(halves)[None]                      # [1, 2, 3] in time order
+            labelled = np.stack([direction_vector(r[f"event{e}_azimuth"], r[f"event{e}_elevation"])
+                                 for e in (1, 2)])[None]
+            in_order = np.degrees(np.arccos(np.clip(
+                (measured / np.linalg.norm(measured, axis=-1, keepdims=True) * labelled).sum(-1), -1, 1)))
+            assert in_order.max() < 30.0, (r["file_name"], in_order)
+        # and the W-channel signal of A in pos slot 0 reappears in neg_t slot 1
+        xp = load_foa(os.path.join(dataset_dir, p["file_name"]), SR, 4 * SR)[0, :2 * SR]
+        xt = load_foa(os.path.join(dataset_dir, t["file_name"]), SR, 4 * SR)[0, 2 * SR:]
+        assert np.corrcoef(xp, xt)[0, 1] > 0.6
+
+
+def _write_manifest(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_bad_input_errors(dataset_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest not found"):
+        read_manifest(str(tmp_path))
+    with open(os.path.join(dataset_dir, MANIFEST), newline="") as f:
+        rows = list(csv.DictReader(f))
+    # missing column
+    _write_manifest(tmp_path / MANIFEST, [{k: v for k, v in r.items() if k != "event1_azimuth"} for r in rows])
+    with pytest.raises(ManifestError, match="missing column.*event1_azimuth"):
+        read_manifest(str(tmp_path))
+    # non-numeric angle, named by line and field
+    bad = [dict(r) for r in rows]
+    bad[2]["event2_elevation"] = "up"
+    _write_manifest(tmp_path / MANIFEST, bad)
+    with pytest.raises(ManifestError, match="line 4: field 'event2_elevation'"):
+        read_manifest(str(tmp_path))
+    # an item without its neg_s
+    _write_manifest(tmp_path / MANIFEST, [r for r in rows if not (r["item_id"] == "train_00000"
+                                                                  and r["variant"] == "neg_s")])
+    with pytest.raises(ManifestError, match="train_00000.*expected all of"):
+        STClothoDataset(str(tmp_path), "train", FE)
+    # WAV problems
+    stereo = tmp_path / "stereo.wav"
+    wavfile.write(stereo, SR, np.zeros((SR, 2), np.int16))
+    with pytest.raises(ManifestError, match="stereo.wav.*expected \\[samples, 4\\]"):
+        load_foa(str(stereo), SR, SR)
+    with pytest.raises(ManifestError, match="sample rate 16000 Hz, expected 24000"):
+        load_foa(str(stereo), 24000, SR)
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        load_foa(str(tmp_path / "missing.wav"), SR, SR)
+    (tmp_path / "junk.wav").write_bytes(b"not a wav")
+    with pytest.raises(ManifestError, match="junk.wav: not a readable WAV"):
+        load_foa(str(tmp_path / "junk.wav"), SR, SR)
+    assert MANIFEST_COLUMNS[0] == "split"
