@@ -9,7 +9,7 @@ def test_cli_overrides_nested_and_dashed_keys():
                        "--grad-checkpointing"])
     assert cfg["batch_size"] == 16 and cfg["model"]["embed_dim"] == 4
     assert cfg["grad_checkpointing"] is True
-    assert cfg["lr"] == 3.0e-3  # from the YAML, over the training default
+    assert cfg["lr"] == 1.0e-2  # from the YAML, over the training default
 
 
 def test_preset_applies_and_cli_wins_over_preset():

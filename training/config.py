@@ -67,6 +67,12 @@ def _merge(base, override, where, path=""):
             raise ConfigError(f"{where}: unknown config key {full!r}{hint}")
         if isinstance(base[key], dict) and isinstance(value, dict) and base[key]:
             _merge(base[key], value, where, full + ".")
+        elif (isinstance(base[key], (int, float)) and not isinstance(base[key], bool)
+              and isinstance(value, str)):
+            try:  # 'lr: 1e-4' in YAML is a string; the key is numeric
+                base[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: {full} expects a number, got {value!r}") from None
         else:
             base[key] = copy.deepcopy(value)
 
@@ -111,8 +117,20 @@ def parse_cli(argv):
         else:
             key, raw = tok, "true"
             i += 1
-        pairs.append((_normalise(key), yaml.safe_load(raw) if raw != "" else None))
+        pairs.append((_normalise(key), _parse_value(raw)))
     return pairs
+
+
+def _parse_value(raw):
+    if raw == "":
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads '1e-4' as a string; a flag value like that is a number
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def family_yaml(family):

@@ -1,0 +1,102 @@
+"""The loop's outputs: TensorBoard scalars, results.jsonl, best-K checkpoints,
+parameter groups, bf16 autocast, SIGTERM."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from tests.conftest import ROOT, TINY_YAML
+
+
+def test_run_writes_logs_results_and_best_checkpoints(tmp_path):
+    import train_stage1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_dir = train_stage1.main(["--config", TINY_YAML, "--logs", str(tmp_path), "--name", "r",
+                                 "--epochs", "3", "--keep-best", "2", "--keep-last", "1",
+                                 "--precision", "amp_bf16", "--loss.use_siglip", "true",
+                                 "--lr-multipliers", "{model.b: 0.5}"])
+    ea = EventAccumulator(os.path.join(run_dir, "tensorboard")).Reload()
+    tags = set(ea.Tags()["scalars"])
+    for tag in ["train/loss", "train/loss_contrastive", "train/grad_norm", "train/samples_per_s",
+                "train/data_wait_share", "train/peak_memory_mb", "train/logit_scale",
+                "train/logit_bias", "val/loss", "val/t2i_R@1"]:
+        assert tag in tags, tag
+    assert any(t.startswith("lr/") and "x0.5" in t for t in tags)
+    lines = [json.loads(x) for x in open(os.path.join(run_dir, "results.jsonl"))]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    ck = os.path.join(run_dir, "checkpoints")
+    index = json.load(open(os.path.join(ck, "index.json")))
+    best_steps = sorted(lines, key=lambda x: -x["val/t2i_R@1"])[:2]
+    assert sorted(b[1] for b in index["best"]) == sorted(x["step"] for x in best_steps)
+    assert len([f for f in os.listdir(ck) if f.startswith("best_step_")]) == 2
+    assert len([f for f in os.listdir(ck) if f.startswith("step_")]) == 1
+    latest = torch.load(os.path.join(ck, "latest.pt"), weights_only=False)
+    for key in ("model", "criterion", "optimizer", "scaler", "scheduler", "step", "epoch", "rng",
+                "data_position", "config", "git_commit"):
+        assert key in latest, key
+    # SigLIP's scale and bias were learned (they are in the optimizer)
+    assert latest["criterion"]["logit_bias"].item() != -10.0
+    # training reached far above chance (1/64) on held-out pairs
+    assert lines[-1]["val/t2i_R@1"] > 0.5
+
+
+def test_param_groups_decay_and_multipliers(tiny_cfg):
+    from tests import tiny_family as fam
+    from training.optim import param_groups
+    tiny_cfg["lr_multipliers"] = {"model.b": 0.5}
+    groups = param_groups({"model": fam.build_model(tiny_cfg),
+                           "criterion": fam.build_criterion(tiny_cfg, 0, 1)}, tiny_cfg)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["criterion.logit_scale"]["weight_decay"] == 0
+    assert by_name["model.a.3.weight"]["weight_decay"] == 0  # LayerNorm
+    assert by_name["model.a.0.bias"]["weight_decay"] == 0
+    assert by_name["model.a.0.weight"]["weight_decay"] == tiny_cfg["wd"]
+    assert by_name["model.b.0.weight"]["lr_mult"] == 0.5 and by_name["model.a.0.weight"]["lr_mult"] == 1
+    tiny_cfg["lr_multipliers"] = {"model.text": 0.5}
+    import pytest
+    with pytest.raises(ValueError, match="model.text"):
+        param_groups({"model": fam.build_model(tiny_cfg)}, tiny_cfg)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "train_stage1.py"), "--config", TINY_YAML, "--logs",
+           str(tmp_path), "--name", "t", "--val-every", "0", "--save-every", "0",
+           "--data.delay_ms", "5", "--epochs", "50"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ck = tmp_path / "t" / "checkpoints"
+    deadline = time.time() + 120
+    while not (ck / "step_00000016.pt").exists():  # end of the first epoch
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "saved step" in out
+    latest = torch.load(ck / "latest.pt", weights_only=False)
+    assert latest["step"] > 16 and latest["data_position"]["batch_in_epoch"] > 0
+
+
+def test_stage2_loads_stage1_and_linear_keeps_encoder_frozen(tmp_path):
+    import train_stage1
+    import train_stage2
+    run = train_stage1.main(["--config", TINY_YAML, "--logs", str(tmp_path), "--name", "s1",
+                             "--epochs", "1", "--val-every", "0"])
+    init = os.path.join(run, "checkpoints", "latest.pt")
+    s1 = torch.load(init, weights_only=False)["model"]
+    for mode in ("linear", "finetune"):
+        train_stage2.main(["--config", TINY_YAML, "--init", init, "--mode", mode, "--logs",
+                           str(tmp_path), "--name", mode])
+        best = torch.load(tmp_path / mode / "best.pt", weights_only=False)["model"]
+        same = all(torch.equal(best[f"encoder.{k[2:]}"], v) for k, v in s1.items()
+                   if k.startswith("a."))
+        assert same == (mode == "linear"), mode
+        assert (tmp_path / mode / "metrics.json").exists()
+    import pytest
+    from training.config import ConfigError
+    with pytest.raises(ConfigError, match="needs --init"):
+        train_stage2.main(["--config", TINY_YAML, "--mode", "linear"])
