@@ -1,0 +1,128 @@
+"""TimesCLIP model: patch counts and shapes, flags, alignment loss values,
+the frozen-vision feature cache, and learning to forecast."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from losses.timesclip_loss import TimesCLIPLoss
+from models.timesclip_encoders import PatchEmbedding, VisionEncoder, n_patches
+from models.timesclip_model import TimesCLIP
+
+SMALL = dict(d_model=16, embed_dim=16, n_layers=1, n_heads=2, image_size=16, vision_patch=8,
+             vision_width=16, vision_layers=1, dropout=0.0)
+
+
+@pytest.mark.parametrize("t,pl,s,m", [(18, 6, 3, 6), (36, 6, 3, 12), (18, 8, 4, 4), (18, 6, 6, 4)])
+def test_patch_counts_and_shapes(t, pl, s, m):
+    assert n_patches(t, pl, s) == m
+    pe = PatchEmbedding(pl, s, 8)
+    x = torch.randn(2, t, 7)
+    assert pe(x).shape == (2, 7, m, 8)
+    # The last patch ends on the repeated last value (PatchTST end padding).
+    pe.tokenizer = torch.nn.Identity()
+    patches = pe(x)                                          # [B, V, M, PL]
+    assert torch.equal(patches[0, 3, 0], x[0, :pl, 3])
+    assert torch.equal(patches[0, 3, -1, -1], x[0, -1, 3])
+
+
+def test_patch_embedding_rejects_short_series():
+    with pytest.raises(ValueError, match="shorter than patch_length"):
+        PatchEmbedding(6, 3, 8)(torch.randn(1, 4, 7))
+
+
+def test_forward_shapes_and_flags():
+    x = {"x": torch.randn(3, 18, 7)}
+    out = TimesCLIP(**SMALL)(x)
+    assert out["forecast"].shape == (3, 18, 7)
+    assert out["vision"].shape == out["language"].shape == (3, 7, 16)
+    lang = TimesCLIP(use_vision=False, **SMALL)(x)
+    assert set(lang) == {"forecast", "language"}
+    vis = TimesCLIP(use_language=False, **SMALL)(x)
+    assert set(vis) == {"forecast", "vision"} and vis["forecast"].shape == (3, 18, 7)
+    with pytest.raises(ValueError, match="both off"):
+        TimesCLIP(use_vision=False, use_language=False)
+
+
+def test_model_does_not_mix_samples():
+    m = TimesCLIP(**SMALL).eval()
+    x = torch.randn(4, 18, 7)
+    full = m({"x": x})["forecast"]
+    one = m({"x": x[2:3]})["forecast"]
+    assert torch.allclose(full[2:3], one, atol=1e-5)
+
+
+def test_alignment_losses_equal_reference():
+    torch.manual_seed(0)
+    vis, lang = torch.randn(5, 7, 8), torch.randn(5, 7, 8)
+    feats = {"forecast": torch.randn(5, 18, 7), "vision": vis, "language": lang}
+    batch = {"y": torch.randn(5, 18, 7)}
+    s = 1 / 0.07
+    a, b = F.normalize(vis.mean(1), dim=-1), F.normalize(lang.mean(1), dim=-1)
+    lab = torch.arange(5)
+    ref_sample = (F.cross_entropy(s * a @ b.T, lab) + F.cross_entropy(s * b @ a.T, lab)) / 2
+    ref_var = 0
+    for i in range(5):
+        va, lb = F.normalize(vis[i], dim=-1), F.normalize(lang[i], dim=-1)
+        ref_var += (F.cross_entropy(s * va @ lb.T, torch.arange(7))
+                    + F.cross_entropy(s * lb @ va.T, torch.arange(7))) / 2 / 5
+    mse = F.mse_loss(feats["forecast"], batch["y"])
+    for level, ref in (("sample", ref_sample), ("variate", ref_var),
+                       ("hierarchical", 0.7 * ref_sample + 0.3 * ref_var)):
+        loss, logs = TimesCLIPLoss(align_level=level, align_weight=0.1)(feats, batch)
+        assert torch.allclose(logs["align"], ref, atol=1e-5), level
+        assert torch.allclose(loss, mse + 0.1 * ref, atol=1e-5)
+    loss, logs = TimesCLIPLoss(align=False)(feats, batch)
+    assert torch.allclose(loss, mse) and "align" not in logs
+    with pytest.raises(ValueError, match="align needs both"):
+        TimesCLIPLoss()({"forecast": feats["forecast"], "language": lang}, batch)
+    with pytest.raises(ValueError, match="align_level"):
+        TimesCLIPLoss(align_level="global")
+
+
+def test_alignment_gradient_reaches_both_views_and_scale():
+    m = TimesCLIP(**SMALL)
+    crit = TimesCLIPLoss(align_weight=1.0)
+    x = torch.randn(4, 18, 7)
+    loss, _ = crit(m({"x": x}), {"y": torch.randn(4, 18, 7)})
+    loss.backward()
+    assert m.vision.body.conv.weight.grad.abs().sum() > 0
+    assert m.language.patch.tokenizer.weight.grad.abs().sum() > 0
+    assert crit.logit_scale.grad is not None and math.isfinite(crit.logit_scale.grad.item())
+
+
+def test_frozen_vision_features_are_cached():
+    enc = VisionEncoder(d_model=8, image_size=16, backbone="vit", patch_size=8, width=16,
+                        n_layers=1, n_heads=2, freeze=True)
+    x = torch.randn(3, 18, 7)
+    a = enc(x)
+    assert len(enc.cache) == 21 and a.shape == (3, 7, 8)
+    enc.body.conv.weight.data.zero_()                       # a cache hit cannot see this
+    assert torch.allclose(enc(x), a)
+    assert not any(p.requires_grad for p in enc.body.parameters())
+    assert enc.proj.weight.requires_grad
+
+
+def test_short_training_beats_the_mean_forecast():
+    # Damped sinusoids whose continuation depends on the input window.
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(36).float()
+    ph = torch.rand(256, 1, 7, generator=g) * 6.28
+    fr = 0.15 + 0.1 * torch.rand(256, 1, 7, generator=g)
+    s = torch.sin(fr * t.view(1, 36, 1) + ph)                  # [N, 36, 7]
+    torch.manual_seed(0)
+    m = TimesCLIP(use_vision=False, **SMALL)
+    crit = TimesCLIPLoss(align=False)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for step in range(60):
+        i = torch.randint(0, 192, (32,), generator=g)
+        loss, _ = crit(m({"x": s[i, :18]}), {"y": s[i, 18:]})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    with torch.no_grad():
+        rmse = (m({"x": s[192:, :18]})["forecast"] - s[192:, 18:]).pow(2).mean().sqrt()
+    base = (s[192:, 18:] - s[:192, 18:].mean(0)).pow(2).mean().sqrt()
+    assert rmse < 0.6 * base
