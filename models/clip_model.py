@@ -1,0 +1,124 @@
+"""CLIPModel (seed 001 sec. 3.1): RadarEncoder + TextEncoder, per-sample outputs.
+
+``model(batch)`` returns only per-sample features (global vectors, sequences
+and their masks); every B x B term (similarities, logit scale and bias)
+lives in the criterion (losses/radar_loss.py), as the family contract asks.
+
+Extra per-sample views for temporal learning (seed 000 sec. 3), computed
+only when asked for:
+  swap_*   the caption with its actions in swapped order (``batch["swapped_caption"]``),
+           a hard negative for the radar clip;
+  rev_*    the radar clip reversed in time within its valid frames, a hard
+           negative for the caption;
+  aug_*    the radar clip under a temporal perturbation (stretch and shift)
+           that keeps its meaning, for the consistency loss.
+"""
+import torch
+import torch.nn as nn
+
+from models.radar_encoder import RadarEncoder
+from models.text_encoder import TextEncoder
+
+
+def content_token_mask(mask, offsets):
+    """Drop special tokens ([CLS], [SEP]; offsets (0, 0)) from a text mask: they
+    carry no position in the caption, so they must not take part in
+    token-to-time alignment."""
+    return mask & (offsets[..., 1] > offsets[..., 0])
+
+
+def reverse_valid(x, mask):
+    """Reverse each sample's valid frames in time; padding stays at the end.
+    x [B, C, T], mask [B, T] (valid frames are a prefix)."""
+    T = x.shape[-1]
+    length = mask.sum(1, keepdim=True)  # [B, 1]
+    t = torch.arange(T, device=x.device).unsqueeze(0)
+    idx = torch.where(t < length, length - 1 - t, t)  # [B, T]
+    return x.gather(-1, idx.unsqueeze(1).expand_as(x))
+
+
+def perturb_time(x, mask, factor, shift):
+    """Resample each sample's valid frames by ``factor`` [B] (> 1 = faster) and
+    start them ``shift`` [B] frames later (nearest-frame lookup).
+    x [B, C, T], mask [B, T] -> new x [B, C, T], new mask [B, T]."""
+    B, C, T = x.shape
+    length = mask.sum(1).float()  # [B]
+    new_len = torch.clamp((length / factor).floor() + shift, max=T)
+    t = torch.arange(T, device=x.device).float().unsqueeze(0)  # [1, T]
+    src = ((t - shift.unsqueeze(1)) * factor.unsqueeze(1)).floor()
+    src = torch.minimum(src.clamp_min(0), (length - 1).unsqueeze(1)).long()
+    new_mask = t < new_len.unsqueeze(1)
+    silent = t < shift.unsqueeze(1)  # the leading shift frames are silent but part of the clip
+    keep = (new_mask & ~silent).unsqueeze(1).to(x.dtype)
+    return x.gather(-1, src.unsqueeze(1).expand(B, C, T)) * keep, new_mask
+
+
+class CLIPModel(nn.Module):
+    def __init__(self, radar_encoder, text_encoder, temporal_negatives=False,
+                 consistency=False, max_stretch=0.2, max_shift=16):
+        super().__init__()
+        self.radar_encoder = radar_encoder
+        self.text_encoder = text_encoder
+        self.temporal_negatives = temporal_negatives
+        self.consistency = consistency
+        self.max_stretch, self.max_shift = max_stretch, max_shift
+
+    def set_grad_checkpointing(self, enable=True):
+        self.radar_encoder.set_grad_checkpointing(enable)
+        self.text_encoder.set_grad_checkpointing(enable)
+
+    def radar_views(self, batch):
+        return {v: batch[v] for v in self.radar_encoder.views}
+
+    def encode_radar(self, radar, mask, prefix="radar"):
+        out = self.radar_encoder(radar, mask)
+        return {f"{prefix}_features": out.features,   # [B, D]
+                f"{prefix}_seq": out.sequence,          # [B, T', D]
+                f"{prefix}_mask": out.mask}             # [B, T']
+
+    def encode_text(self, captions, prefix="text"):
+        out = self.text_encoder(list(captions))
+        return {f"{prefix}_features": out.features,    # [B, D]
+                f"{prefix}_tokens": out.tokens,         # [B, L, D]
+                f"{prefix}_mask": content_token_mask(out.mask, out.offsets)}  # [B, L]
+
+    def forward(self, batch):
+        radar, mask = self.radar_views(batch), batch["radar_mask"]
+        out = self.encode_radar(radar, mask)
+        out.update(self.encode_text(batch["caption"]))
+        if self.training and self.temporal_negatives and "swapped_caption" in batch:
+            out.update(self.encode_text(batch["swapped_caption"], "swap"))
+            rev = {v: reverse_valid(x, mask) for v, x in radar.items()}
+            out.update(self.encode_radar(rev, mask, "rev"))
+        if self.training and self.consistency:
+            # One draw per sample, shared by all views: they must stay aligned in time.
+            B = mask.shape[0]
+            factor = 1 + (torch.rand(B, device=mask.device) * 2 - 1) * self.max_stretch
+            shift = (torch.rand(B, device=mask.device) * self.max_shift).floor()
+            aug = {v: perturb_time(x, mask, factor, shift) for v, x in radar.items()}
+            aug_mask = next(iter(aug.values()))[1]
+            out.update(self.encode_radar({v: a[0] for v, a in aug.items()}, aug_mask, "aug"))
+        return out
+
+
+def build_radar_encoder(cfg):
+    m, d = cfg["model"], cfg["data"]
+    return RadarEncoder(embed_dim=m["embed_dim"], radar_views=d["radar_views"], dropout=m["dropout"],
+                        max_sequence_length=d["max_motion_length"],
+                        use_layer_norm=m["use_layer_norm"],
+                        use_positional_encoding=m["use_positional_encoding"],
+                        num_layers=m["num_layers"], num_heads=m["num_heads"],
+                        downsample=m["downsample"], pooling=m["pooling"])
+
+
+def build_clip_model(cfg):
+    m, t, loss = cfg["model"], cfg["model"]["text"], cfg["loss"]
+    text = TextEncoder(model_name=t["model_name"], embed_dim=m["embed_dim"],
+                       max_length=t["max_length"], pooling_strategy=t["pooling_strategy"],
+                       freeze_backbone=t["freeze_backbone"], unfreeze_last_n=t["unfreeze_last_n"],
+                       cache_features=t["cache_features"])
+    return CLIPModel(build_radar_encoder(cfg), text,
+                     temporal_negatives=loss["temporal_negative_weight"] > 0,
+                     consistency=loss["consistency_weight"] > 0,
+                     max_stretch=loss["consistency_max_stretch"],
+                     max_shift=loss["consistency_max_shift"])
