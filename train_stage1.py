@@ -42,6 +42,17 @@ def run_name(cfg):
     return cfg["name"] or f"{cfg['family']}-{cfg['preset'] or 'default'}-seed{cfg['seed']}"
 
 
+def config_diff(old, new, path=""):
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += config_diff(a, b, f"{path}{k}.")
+        elif a != b and k not in ("resume",):
+            keys.append(f"{path}{k}")
+    return keys
+
+
 def make_loader(dataset, collate, cfg, info, micro_bs, shuffle, sampler=None):
     workers = int(cfg["workers"])
     kwargs = dict(num_workers=workers, collate_fn=collate,
@@ -125,6 +136,9 @@ def main(argv=None):
             resume_state = ckpt_io.load_checkpoint(path)
             if info.is_main:
                 print(f"resuming from {path} (step {resume_state['step']})")
+                changed = config_diff(resume_state["config"], cfg)
+                if changed:
+                    print("  config differs from the checkpoint's in: " + ", ".join(changed))
         elif info.is_main:
             print(f"--resume latest: no checkpoint in {ckpt_dir}, starting fresh")
 
@@ -225,7 +239,8 @@ def main(argv=None):
     nonfinite_in_row, nonfinite_total = 0, 0
     model.train()
     criterion.train()
-    bar = tqdm(total=total_steps, initial=step, disable=not info.is_main, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, disable=not info.is_main, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
     window = {"data": 0.0, "step": 0.0, "samples": 0}
     last_val = None
     while step < total_steps and stop["signal"] is None:
