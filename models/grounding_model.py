@@ -61,7 +61,7 @@ class GatedCrossAttention(nn.Module):
 
 
 class GroundingModel(nn.Module):
-    def __init__(self, image_size=64, patch_size=8, vision_width=128, vision_depth=4, vision_heads=4,
+    def __init__(self, image_size=64, patch_size=8, vision_width=128, vision_depth=4, vision_heads=4, stem="conv",
                  embed_dim=128, object_pooling="roi_align", roi_output_size=2, crop_size=32,
                  entity_pooling="mean", text_head_layers=1, cross_attention=False,
                  masked_negatives=True, text=None):
@@ -73,7 +73,7 @@ class GroundingModel(nn.Module):
         self.patch_size, self.grid = patch_size, image_size // patch_size
         self.object_pooling, self.roi_output_size, self.crop_size = object_pooling, roi_output_size, crop_size
         self.entity_pooling, self.masked_negatives = entity_pooling, masked_negatives
-        self.visual = VisionTransformer(image_size, patch_size, vision_width, vision_depth, vision_heads)
+        self.visual = VisionTransformer(image_size, patch_size, vision_width, vision_depth, vision_heads, stem=stem)
         self.image_proj = nn.Linear(vision_width, embed_dim)
         self.object_proj = nn.Linear(vision_width, embed_dim)
         self.text = TextEncoder(embed_dim=embed_dim, **(text or {}))

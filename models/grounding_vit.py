@@ -7,10 +7,28 @@ from torch.utils.checkpoint import checkpoint
 
 
 class PatchEmbedding(nn.Module):
-    def __init__(self, patch_size, width, in_chans=3):
+    """linear: one p x p strided conv (plain ViT). conv: log2(p) stride-2 3x3
+    convs ("early convolutions help transformers see better", Xiao et al.
+    2021): a locality prior that makes a ViT trained from scratch on a few
+    thousand small images learn shape and texture much sooner. Per-sample
+    only (no BatchNorm), as the family contract requires."""
+
+    def __init__(self, patch_size, width, in_chans=3, stem="linear"):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, width, patch_size, patch_size)
+        if stem == "linear":
+            self.proj = nn.Conv2d(in_chans, width, patch_size, patch_size)
+        elif stem == "conv":
+            n = patch_size.bit_length() - 1
+            if 2 ** n != patch_size:
+                raise ValueError(f"model.stem conv needs a power-of-two patch_size, got {patch_size}")
+            chans = [in_chans] + [max(8, width >> (n - 1 - i)) for i in range(n)]
+            layers = []
+            for i in range(n):
+                layers += [nn.Conv2d(chans[i], chans[i + 1], 3, 2, 1), nn.GELU()]
+            self.proj = nn.Sequential(*layers[:-1])
+        else:
+            raise ValueError(f"model.stem must be linear or conv, got {stem!r}")
 
     def forward(self, x):                                  # [B, 3, H, W]
         x = self.proj(x)                                   # [B, C, H/p, W/p]
@@ -18,10 +36,10 @@ class PatchEmbedding(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, image_size=64, patch_size=8, width=128, depth=4, heads=4, mlp_ratio=4.0):
+    def __init__(self, image_size=64, patch_size=8, width=128, depth=4, heads=4, mlp_ratio=4.0, stem="linear"):
         super().__init__()
         self.grid = image_size // patch_size
-        self.patch_embed = PatchEmbedding(patch_size, width)
+        self.patch_embed = PatchEmbedding(patch_size, width, stem=stem)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.randn(1, self.grid * self.grid, width) * 0.02)
