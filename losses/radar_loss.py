@@ -103,6 +103,7 @@ class RadarContrastiveLoss(nn.Module):
             loss_global = self.global_loss(r, t, scale, ids=ids)
         logs = {"loss_clip": loss_global.detach(), "logit_scale": scale.detach()}
         loss = loss_global
+        S = None
         if self.seq is not None:
             S = self.seq(f["radar_seq"], f["radar_mask"], f["text_tokens"], f["text_mask"])
             ids = caption_ids(batch["caption"], r.device)
@@ -110,7 +111,8 @@ class RadarContrastiveLoss(nn.Module):
             loss = loss + self.seq_weight * loss_seq
             logs["loss_seq"] = loss_seq.detach()
         if self.temporal_negative_weight > 0 and "swap_features" in f:
-            loss_tn = self.temporal_negative_loss(f, batch, scale)
+            pos = self.fused((r * t).sum(-1), None if S is None else S.diagonal())
+            loss_tn = self.temporal_negative_loss(f, batch, scale, pos)
             loss = loss + self.temporal_negative_weight * loss_tn
             logs["loss_temporal_neg"] = loss_tn.detach()
         if self.consistency_weight > 0 and "aug_features" in f:
@@ -121,14 +123,13 @@ class RadarContrastiveLoss(nn.Module):
         logs["loss_total"] = loss.detach()
         return loss, logs
 
-    def temporal_negative_loss(self, f, batch, scale):
+    def temporal_negative_loss(self, f, batch, scale, pos):
         """Two-way CE, per multi-action clip: (clip, caption) against (clip,
         order-swapped caption) and against (time-reversed clip, caption), on the
         same fused score that evaluation ranks by."""
         has = batch["has_swap"].to(f["radar_features"].device)  # [B] bool
         if not bool(has.any()):
             return f["radar_features"].sum() * 0.0
-        pos = self.fused(*self.pair_scores(f))
         swap = self.fused(*self.pair_scores(f, text="swap"))
         rev = self.fused(*self.pair_scores(f, radar="rev"))
         # The contrastive scale, detached: these terms must not drive the temperature.

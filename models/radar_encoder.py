@@ -105,9 +105,17 @@ class RadarEncoder(nn.Module):
         if missing:
             raise KeyError(f"RadarEncoder: batch lacks radar view(s) {missing}; "
                            f"have {sorted(radar)}")
-        feats = [self.view_encoders[v](radar[v]).transpose(1, 2) for v in self.views]  # [B, T', D]
+        tok_mask = downsample_mask(mask, self.downsample)  # [B, T']
+        fm, tm = mask.unsqueeze(1).to(radar[self.views[0]].dtype), tok_mask.unsqueeze(1)
+        feats = []
+        for v in self.views:
+            patch, mix = self.view_encoders[v][:2], self.view_encoders[v][2:]
+            # Zero padding before each convolution, so no padded frame leaks
+            # into a valid token through a kernel's edge.
+            h = patch(radar[v] * fm)                      # [B, D/2, T']
+            feats.append(mix(h * tm.to(h.dtype)).transpose(1, 2))  # [B, T', D]
         x = self.fusion(torch.cat(feats, -1))
-        return x, downsample_mask(mask, self.downsample)
+        return x, tok_mask
 
     def forward(self, radar, mask):
         """radar: dict view -> [B, C_v, T]; mask: [B, T] bool (True = real frame)."""
