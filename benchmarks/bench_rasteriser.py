@@ -1,6 +1,6 @@
 """Charts per second of the torch rasteriser against the seed's matplotlib
 drawing, measured side by side (interleaved rounds, so both see the same
-machine load), and their pixel agreement (IoU of line pixels).
+machine load; matplotlib both rendered to memory and via PNG as the seed did), and their pixel agreement (IoU of line pixels).
 
     python benchmarks/bench_rasteriser.py [--size 224] [--batch 64] [--rounds 5]
 """
@@ -31,7 +31,7 @@ def main():
     xd = x.to(a.device)
     buf = torch.empty(a.batch * 7 * 3 * a.size * a.size, device=a.device)
     render_variates(xd, a.size, out=buf)                          # warm-up
-    torch_rates, mpl_rates = [], []
+    torch_rates, mpl_rates, png_rates = [], [], []
     for _ in range(a.rounds):
         t0 = time.perf_counter()
         imgs = render_variates(xd, a.size, out=buf)
@@ -43,6 +43,11 @@ def main():
             b, v = divmod(i, 7)
             render_matplotlib(x[b % a.batch, :, v], VARIATE_COLOURS[v], a.size)
         mpl_rates.append(a.mpl_charts / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for i in range(a.mpl_charts):
+            b, v = divmod(i, 7)
+            render_matplotlib(x[b % a.batch, :, v], VARIATE_COLOURS[v], a.size, via_png=True)
+        png_rates.append(a.mpl_charts / (time.perf_counter() - t0))
 
     n_ref = min(a.batch, 8)
     ref = torch.stack([render_matplotlib(x[b, :, v], VARIATE_COLOURS[v], a.size)
@@ -50,14 +55,19 @@ def main():
     iou = line_iou(imgs[:n_ref].cpu(), ref)
     mad = (imgs[:n_ref].cpu() - ref).abs().mean().item()
     ratios = [t / m for t, m in zip(torch_rates, mpl_rates)]
+    png_ratios = [t / m for t, m in zip(torch_rates, png_rates)]
     print(f"size {a.size}x{a.size}, {a.steps} steps, device {a.device}, {a.rounds} rounds, "
           f"torch threads {torch.get_num_threads()}")
     print(f"torch rasteriser : {statistics.median(torch_rates):9.1f} charts/s (median; "
           f"rounds {', '.join(f'{r:.0f}' for r in torch_rates)})")
     print(f"matplotlib       : {statistics.median(mpl_rates):9.1f} charts/s (median; "
           f"rounds {', '.join(f'{r:.1f}' for r in mpl_rates)})")
-    print(f"speed-up         : {statistics.median(ratios):9.1f}x (median of per-round ratios; "
+    print(f"matplotlib + PNG : {statistics.median(png_rates):9.1f} charts/s (median; savefig and "
+          f"read back, the seed's pipeline)")
+    print(f"speed-up vs mpl  : {statistics.median(ratios):9.1f}x (median of per-round ratios; "
           f"min {min(ratios):.1f}x, max {max(ratios):.1f}x)")
+    print(f"speed-up vs PNG  : {statistics.median(png_ratios):9.1f}x (min {min(png_ratios):.1f}x, "
+          f"max {max(png_ratios):.1f}x)")
     print(f"line-pixel IoU   : {iou:.4f} over {n_ref * 7} charts; mean |diff| {mad:.4f}")
 
 

@@ -98,14 +98,16 @@ def render_lines(series, colours, size=224, line_width=2.0, margin=None, out=Non
         if len(c):
             d2[:, :, c] = torch.minimum(d2[:, :, c], _seg_d2(px, py, j[c], cols[c], rows[:, :, c]))
     cover_band = (line_width / 2 + 0.5 - d2.sqrt()).clamp(0, 1)   # [N, Hb, W]
-    ink = 1 - colours.to(dev, torch.float32)                     # [N, 3]
-    vals = 1 - cover_band.unsqueeze(1) * ink.view(n, 3, 1, 1)    # [N, 3, Hb, W]
-    # Only the band is computed; the rest of the canvas stays white.
-    out = torch.ones(n, 3, size, size, device=dev) if out is None else out.fill_(1.0)
-    return out.scatter_(2, ridx.unsqueeze(1).expand(n, 3, band, size), vals)
+    # Only the band was computed; the rest of the canvas has no ink.
+    cover = torch.zeros(n, size, size, device=dev).scatter_(1, ridx, cover_band)  # [N, H, W]
+    ink = colours.to(dev, torch.float32) - 1                      # [N, 3], <= 0
+    if out is None:
+        out = torch.empty(n, 3, size, size, device=dev)
+    # White minus ink, in one pass over the 3-channel canvas.
+    return torch.addcmul(torch.ones((), device=dev), cover.unsqueeze(1), ink.view(n, 3, 1, 1), out=out)
 
 
-def render_variates(x, size=224, line_width=2.0, margin=None, chunk=256, out=None):
+def render_variates(x, size=224, line_width=2.0, margin=None, chunk=64, out=None):
     """x [B, T, V] -> images [B, V, 3, size, size], variate v in colour v.
     ``out``: optional buffer with at least B*V*3*size*size elements."""
     b, t, v = x.shape
@@ -122,9 +124,10 @@ def render_variates(x, size=224, line_width=2.0, margin=None, chunk=256, out=Non
     return imgs.view(b, v, 3, size, size)
 
 
-def render_matplotlib(series, colour, size=224, line_width=2.0, margin=None, dpi=100):
+def render_matplotlib(series, colour, size=224, line_width=2.0, margin=None, dpi=100, via_png=False):
     """The seed's drawing: one matplotlib figure per chart, rendered to an
-    array. series [T] (numpy or tensor) -> [3, size, size] float in [0, 1]."""
+    array (``via_png``: saved as PNG and read back, as the seed's pipeline
+    does). series [T] (numpy or tensor) -> [3, size, size] float in [0, 1]."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,8 +141,15 @@ def render_matplotlib(series, colour, size=224, line_width=2.0, margin=None, dpi
     ax.axis("off")
     ax.plot(px.numpy(), py[0].numpy(), color=colour, linewidth=line_width * 72.0 / dpi,
             antialiased=True, solid_capstyle="round", solid_joinstyle="round")
-    fig.canvas.draw()
-    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.float32) / 255.0
+    if via_png:
+        import io
+        f = io.BytesIO()
+        fig.savefig(f, format="png", dpi=dpi)
+        f.seek(0)
+        img = plt.imread(f)[..., :3].astype(np.float32)
+    else:
+        fig.canvas.draw()
+        img = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.float32) / 255.0
     plt.close(fig)
     return torch.from_numpy(img.copy()).permute(2, 0, 1)
 
