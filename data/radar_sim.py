@@ -39,8 +39,9 @@ Simulation of one clip: ``radar_actions.sample_clip`` chains 1-3 actions
 (5-11 s), ``radar_motion.forward_kinematics`` poses a 20-joint skeleton at
 100 Hz; scatterers are points along each bone with the bone's ellipsoid RCS
 (``segment_rcs``), velocities are time derivatives of their positions; static
-clutter points and, optionally, mirror images behind a side wall (single-
-bounce multipath) are added; ``radar_fmcw.radar_maps`` turns them into the
+clutter points and, optionally, multipath via a side wall are added (image
+method: the body mirrored in the wall, i.e. the radar-wall-body-wall-radar
+path, attenuated by the wall's power reflection coefficient); ``radar_fmcw.radar_maps`` turns them into the
 three maps at 20 frames/s.
 """
 import json
@@ -58,7 +59,7 @@ from data.radar_fmcw import RadarConfig, radar_maps
 from data.radar_motion import BONES, J, forward_kinematics, sample_body
 from data.radar_text import ACTION_PROMPTS, clean_caption, humanml3d_lines, make_captions
 
-FORMAT_VERSION = 2   # bump when the simulation changes: it is part of the cache key
+FORMAT_VERSION = 3   # bump when the simulation changes: it is part of the cache key
 GENERATOR_DEFAULTS = {
     "min_duration": 5.0,        # s; T = 100 frames at 20 frames/s (mmExpert keeps T >= 100)
     "max_duration": 11.0,       # s; T < 500 always
@@ -123,7 +124,9 @@ def simulate_clip(rng, params, cfg):
     radar_pos = np.array([0.0, 0.0, cfg.height])
     pos, v, rcs = body_scatterers(joints, vel, params["scatterers_per_bone"], radar_pos)
     if params["multipath"]:
-        wall = rng.choice([-1, 1]) * rng.uniform(2.5, 4.0)           # side wall at x = wall
+        # Side wall at x = wall, beyond the farthest point the body reaches on that side.
+        side = rng.choice([-1.0, 1.0])
+        wall = side * (max(float((side * pos[..., 0]).max()), 0.0) + rng.uniform(0.5, 2.5))
         mpos, mv = pos.copy(), v.copy()
         mpos[..., 0], mv[..., 0] = 2 * wall - pos[..., 0], -v[..., 0]
         pos, v = np.concatenate([pos, mpos], 1), np.concatenate([v, mv], 1)
