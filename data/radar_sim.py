@@ -44,6 +44,7 @@ method: the body mirrored in the wall, i.e. the radar-wall-body-wall-radar
 path, attenuated by the wall's power reflection coefficient); ``radar_fmcw.radar_maps`` turns them into the
 three maps at 20 frames/s.
 """
+import fcntl
 import json
 import multiprocessing as mp
 import os
@@ -245,21 +246,24 @@ def ensure_radar_dataset(root, num_train, num_val, num_test, seed=0, workers=1, 
 
     Returns True if it generated. A finished dataset with other parameters is
     replaced -- only if root holds our data_info.json: a folder of real data
-    is never deleted.
+    is never deleted. Runs started at the same time (several seeds) take turns
+    through a lock file: the first generates, the others then find DONE.
     """
     p = _resolve(num_train, num_val, num_test, seed, params)
-    done = os.path.join(root, "DONE")
-    if os.path.exists(done) and _matches(root, p):
-        return False
     if os.path.isdir(os.path.join(root, "mmwave")) and not os.path.exists(os.path.join(root, "data_info.json")):
         raise FileExistsError(f"{root} holds mmwave/ but no data_info.json: real data? "
                               "Refusing to generate over it; choose another data.root.")
-    if not _matches(root, p):       # other parameters: start over (resume only an identical run)
-        for sub in ("mmwave", "texts", "meta", "_split", "DONE", "data_info.json"):
-            path = os.path.join(root, sub)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-    generate_radar_dataset(root, num_train, num_val, num_test, seed=seed, workers=workers, **params)
-    return True
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(os.path.join(root, "DONE")) and _matches(root, p):
+            return False
+        if not _matches(root, p):   # other parameters: start over (resume only an identical run)
+            for sub in ("DONE", "data_info.json", "mmwave", "texts", "meta", "_split"):
+                path = os.path.join(root, sub)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                elif os.path.exists(path):
+                    os.remove(path)
+        generate_radar_dataset(root, num_train, num_val, num_test, seed=seed, workers=workers, **params)
+        return True

@@ -215,6 +215,25 @@ def test_generation_is_deterministic_cached_and_resumable(generated, tmp_path):
         generate_radar_dataset(root, 1, 1, 1, bogus=3)
 
 
+def _ensure_in_child(root, queue):
+    queue.put(ensure_radar_dataset(root, 2, 1, 1, seed=5))
+
+
+def test_concurrent_runs_generate_once(tmp_path):
+    """Two runs (e.g. two seeds) starting together: one generates, the other waits and reuses."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    root, queue = str(tmp_path / "shared"), ctx.Queue()
+    procs = [ctx.Process(target=_ensure_in_child, args=(root, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(queue.get() for _ in procs) == [False, True]
+    assert len(RadarTextDataset(root, "train")) == 2
+
+
 def test_refuses_to_overwrite_real_data(tmp_path):
     root = _write_fake(tmp_path, {"a": 120})
     with pytest.raises(FileExistsError):
