@@ -64,15 +64,24 @@ class DOAHead(nn.Module):
     """Directions of n_events events from the DOA feature map.
 
     The map is averaged over frequency and pooled to `time_steps` steps, so the
-    MLP sees when each direction is active. Output [B, n_events, 3] in
-    [-1, 1] (tanh); targets are unit vectors, the loss is 1 - cos."""
+    MLP sees when each direction is active. A skip path adds the front end's
+    intensity vectors, averaged over mel bands with W-energy weights and pooled
+    to the same steps: direction is linear in them, the conv stack need not
+    rediscover that. Output [B, n_events, 3] in [-1, 1] (tanh); targets are
+    unit vectors, the loss is 1 - cos."""
 
-    def __init__(self, in_channels, n_events=2, time_steps=8, hidden=256):
+    def __init__(self, in_channels, n_events=2, time_steps=8, hidden=256, iv_skip=True):
         super().__init__()
-        self.n_events, self.time_steps = n_events, time_steps
-        self.mlp = nn.Sequential(nn.Linear(in_channels * time_steps, hidden), nn.GELU(),
+        self.n_events, self.time_steps, self.iv_skip = n_events, time_steps, iv_skip
+        n_in = (in_channels + (3 if iv_skip else 0)) * time_steps
+        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(),
                                  nn.Linear(hidden, 3 * n_events), nn.Tanh())
 
-    def forward(self, fmap):
+    def forward(self, fmap, feats=None):
         x = F.adaptive_avg_pool1d(fmap.mean(dim=3), self.time_steps)   # [B, C, steps]
+        if self.iv_skip:
+            energy = torch.softmax(3.0 * feats[:, 0].flatten(1), dim=1).view_as(feats[:, 0])  # [B, T, M]
+            iv = (feats[:, 4:7] * energy.unsqueeze(1)).sum(dim=3)          # [B, 3, T]
+            iv = F.adaptive_avg_pool1d(iv, self.time_steps) * feats.shape[2]  # O(1) scale
+            x = torch.cat([x, iv], dim=1)
         return self.mlp(x.flatten(1)).view(-1, self.n_events, 3)

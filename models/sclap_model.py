@@ -73,7 +73,7 @@ class TextHead(nn.Module):
 class SCLAP(nn.Module):
     def __init__(self, embed_dim=256, channels=(32, 32, 64), freq_patch=8, use_temporal_encoder=True,
                  n_chunks=4, temporal_layers=2, temporal_heads=8, use_modality_classifier=True,
-                 grl_lambda=1.0, n_events=2, doa_time_steps=8, text_model=None, text_layers=1,
+                 grl_lambda=1.0, n_events=2, doa_time_steps=8, doa_iv_skip=True, text_model=None, text_layers=1,
                  freeze_text_backbone=True, unfreeze_last_n=0):
         super().__init__()
         self.sed_branch = ConvBranch(1, channels, freq_patch)
@@ -86,7 +86,7 @@ class SCLAP(nn.Module):
         if use_temporal_encoder:
             self.temporal = TemporalAudioEncoder(2 * C, embed_dim, n_chunks, temporal_layers, temporal_heads)
             self.final_audio_projection = nn.Linear(2 * embed_dim, embed_dim)
-        self.doa_head = DOAHead(C, n_events, doa_time_steps)
+        self.doa_head = DOAHead(C, n_events, doa_time_steps, iv_skip=doa_iv_skip)
         self.text_encoder = TextEncoder(model_name=text_model, embed_dim=embed_dim,
                                         freeze_backbone=freeze_text_backbone,
                                         unfreeze_last_n=unfreeze_last_n)
@@ -107,7 +107,7 @@ class SCLAP(nn.Module):
         if self.temporal is not None:
             temporal = self.temporal(torch.cat([sed_map, doa_map], dim=1))
             audio = self.final_audio_projection(torch.cat([joint, temporal], dim=-1))
-        return {"audio": audio, "sed": sed, "joint": joint, "doa": self.doa_head(doa_map)}
+        return {"audio": audio, "sed": sed, "joint": joint, "doa": self.doa_head(doa_map, feats)}
 
     def encode_text(self, captions):
         out = self.text_encoder(captions)
