@@ -8,7 +8,9 @@ encoder (seed 003, "connect the two stages"):
   plan B;
 - ``use_raw``: the standardised series itself (the seed fuses raw data and
   forecast error).
-A small MLP head maps the concatenation to standardised yield.
+A small MLP head plus a linear path (a ridge-like skip, so the linear signal
+the honest baseline finds is not left for the MLP to rediscover) maps the
+concatenation to standardised yield.
 """
 import torch
 import torch.nn as nn
@@ -28,8 +30,10 @@ class YieldModel(nn.Module):
             use_first_last, use_forecast_error, use_raw
         dim = (2 * v * encoder.feature_dim if use_first_last else 0) \
             + (p * v if use_forecast_error else 0) + (n_steps * v if use_raw else 0)
-        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(dropout), nn.Linear(dim, hidden),
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden),
                                   nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.linear = nn.Linear(dim, 1)
 
     def features(self, x):
         """x [B, T, V] -> [B, F]."""
@@ -49,4 +53,5 @@ class YieldModel(nn.Module):
 
     def forward(self, batch):
         x = batch["x"] if isinstance(batch, dict) else batch
-        return self.head(self.features(x)).squeeze(-1)              # [B]
+        f = self.norm(self.features(x))                             # [B, F]
+        return (self.head(f) + self.linear(f)).squeeze(-1)          # [B]

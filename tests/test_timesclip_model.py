@@ -126,3 +126,24 @@ def test_short_training_beats_the_mean_forecast():
         rmse = (m({"x": s[192:, :18]})["forecast"] - s[192:, 18:]).pow(2).mean().sqrt()
     base = (s[192:, 18:] - s[:192, 18:].mean(0)).pow(2).mean().sqrt()
     assert rmse < 0.6 * base
+
+
+def test_pretrained_backbones_load_from_local_dirs(tmp_path):
+    # A local CLIP vision checkpoint behind the chart view and a local BERT
+    # body (MiniLM's architecture, tiny and random here) behind the new
+    # linear tokenizer; the body's weights are the saved ones.
+    from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel
+    cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=16, patch_size=8)
+    CLIPVisionModel(cfg).save_pretrained(tmp_path / "clip")
+    bert = BertModel(BertConfig(hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=48, vocab_size=50))
+    bert.save_pretrained(tmp_path / "bert")
+    m = TimesCLIP(**dict(SMALL, vision_backbone=str(tmp_path / "clip"),
+                         language_backbone=str(tmp_path / "bert")))
+    out = m({"x": torch.randn(2, 18, 7)})
+    assert out["forecast"].shape == (2, 18, 7) and out["vision"].shape == (2, 7, 16)
+    w = "encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(m.language.body.state_dict()[w], bert.state_dict()[w])
+    with pytest.raises(ValueError, match="expects 16px images"):
+        TimesCLIP(**dict(SMALL, image_size=32, vision_patch=8, vision_backbone=str(tmp_path / "clip")))
