@@ -3,6 +3,8 @@ drawing, measured side by side (interleaved rounds, so both see the same
 machine load; matplotlib both rendered to memory and via PNG as the seed did), and their pixel agreement (IoU of line pixels).
 
     python benchmarks/bench_rasteriser.py [--size 224] [--batch 64] [--rounds 5]
+    python benchmarks/bench_rasteriser.py --model-cost   # + what the vision branch costs a
+                                                          #   quick-preset training step
 """
 import argparse
 import os
@@ -13,6 +15,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from models.timesclip_model import TimesCLIP  # noqa: E402
 from models.timesclip_render import VARIATE_COLOURS, line_iou, render_matplotlib, render_variates  # noqa: E402
 
 
@@ -24,7 +27,10 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--mpl-charts", type=int, default=14, help="matplotlib charts per round")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model-cost", action="store_true")
     a = p.parse_args()
+    if a.model_cost:
+        model_cost(a)
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.batch, a.steps, 7, generator=g).cumsum(1)    # [B, T, V] random walks
@@ -69,6 +75,29 @@ def main():
     print(f"speed-up vs PNG  : {statistics.median(png_ratios):9.1f}x (min {min(png_ratios):.1f}x, "
           f"max {max(png_ratios):.1f}x)")
     print(f"line-pixel IoU   : {iou:.4f} over {n_ref * 7} charts; mean |diff| {mad:.4f}")
+
+
+def model_cost(a):
+    """Training-step time (forward + backward, batch 64) of the quick preset's
+    TimesCLIP with both views against the language view alone, interleaved."""
+    quick = dict(d_model=64, embed_dim=64, image_size=32, vision_patch=16, vision_width=64,
+                 vision_layers=1, line_width=1.0)
+    models = {"vision+language": TimesCLIP(**quick).to(a.device),
+              "language only": TimesCLIP(use_vision=False, **quick).to(a.device)}
+    x = torch.randn(64, 18, 7, device=a.device)
+    times = {k: [] for k in models}
+    for r in range(a.rounds + 1):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            m({"x": x})["forecast"].sum().backward()
+            if a.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if r:
+                times[k].append(time.perf_counter() - t0)
+    for k, t in times.items():
+        print(f"step {k:16s}: {1000 * statistics.median(t):7.1f} ms (median of {len(t)})")
+    ratio = [v / l for v, l in zip(times["vision+language"], times["language only"])]
+    print(f"vision branch cost: x{statistics.median(ratio):.2f} step time (median per-round ratio)")
 
 
 if __name__ == "__main__":
