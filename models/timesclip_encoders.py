@@ -144,6 +144,9 @@ class VisionEncoder(nn.Module):
         return self.body(pixel_values=(img - mean) / std).pooler_output
 
     def render(self, x):
+        # One reused canvas buffer (no page faults per batch). Safe under
+        # autograd: both backbones first map the pixels to a new tensor, so
+        # nothing saved for backward aliases the buffer.
         self._buf = render_variates(x.detach().float(), self.image_size, self.line_width, out=self._buf)
         return self._buf                                            # [B, V, 3, S, S]
 
