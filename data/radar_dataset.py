@@ -35,6 +35,11 @@ Item: ``range_time`` [256, L], ``doppler_time`` [128, L], ``azimuth_time``
 list[str], ``clip_id`` str, ``actions`` list[str], ``label`` int (index of
 the first action in ``dataset.action_names``), ``num_actions`` int.
 ``collate_radar`` stacks tensors and keeps lists.
+
+Also: ``dataset.action_names`` and ``dataset.action_prompts`` (from
+data_info.json; empty for real data), ``dataset.clip_meta(i)`` (the clip's
+meta dict: actions with times, order-swapped captions), ``dataset.items[i]``
+({"key", "npz", "T", "captions", "meta", "actions"}).
 """
 import json
 import os
