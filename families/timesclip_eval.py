@@ -4,7 +4,8 @@ Stage 1 (completion, on a split): ``completion_rmse`` and ``completion_mae``
 in standardised units (each variate divided by its training std, so the seven
 bands weigh alike), ``completion_rmse_pct_range``: per-variate RMSE in the
 band's own units as a % of that band's range over the split's targets,
-averaged over variates (the seed's "RMSE / data range"); and, when both views
+averaged over variates (the seed's "RMSE / data range"); the same RMSE of
+persistence and of the training years' mean continuation; and, when both views
 exist, retrieval between the chart and token embeddings (``v2l_`` / ``l2v_``).
 
 Stage 2 (yield on a split, t/ha): ``yield_rmse``, ``yield_mae``, ``yield_r2``
@@ -53,6 +54,12 @@ def completion_metrics(model, dataset, device, out_dir=None, writer=None, step=0
          "completion_mae": err.abs().mean().item(),
          "completion_rmse_pct_range": (100 * raw_rmse / rng).mean().item(),
          "completion_rmse_ndvi": raw_rmse[NDVI].item()}
+    # Honest references: the last observation held (persistence) and the
+    # training years' mean continuation (climatology).
+    h, p = x.shape[1], y.shape[1]
+    clim = torch.from_numpy(dataset.table.norm_series("train")[:, h:h + p]).mean(0)   # [P, V]
+    m["completion_rmse_persistence"] = (x[:, -1:] - y).pow(2).mean().sqrt().item()
+    m["completion_rmse_climatology"] = (clim - y).pow(2).mean().sqrt().item()
     if vis:
         from training.metrics import retrieval_metrics
         a = torch.nn.functional.normalize(torch.cat(vis), dim=-1)
