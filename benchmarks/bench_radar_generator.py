@@ -11,9 +11,11 @@ import tempfile
 import time
 
 import numpy as np
+import yaml
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from data.radar_actions import sample_clip  # noqa: E402
 from data.radar_fmcw import RadarConfig  # noqa: E402
 from data.radar_motion import forward_kinematics, sample_body  # noqa: E402
@@ -61,5 +63,6 @@ if __name__ == "__main__":
     print(f"generate_radar_dataset, {args.clips} clips incl. writing files:")
     print(f"  workers=1: {one:6.1f} clips/s")
     print(f"  workers=2: {two:6.1f} clips/s  (x{two / one:.2f})")
-    quick = 2400 + 300 + 500
-    print(f"  -> quick preset ({quick} clips) at workers=2: ~{quick / two / 60:.1f} min")
+    preset = yaml.safe_load(open(os.path.join(ROOT, "configs", "radar.yaml")))["presets"]["quick"]
+    quick = sum(preset[f"data.num_{s}"] for s in ("train", "val", "test"))
+    print(f"  -> the quick preset's {quick} clips at workers=2: ~{quick / two / 60:.1f} min")
