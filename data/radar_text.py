@@ -29,6 +29,35 @@ ACTION_PROMPTS = {
     "jumping jacks": "a person does jumping jacks",
 }
 
+# Present-tense and gerund phrase templates of the in-place actions.
+PHRASES = {
+    "jump": [("jumps {t}", "jumping {t}"), ("jumps up and down {t}", "jumping up and down {t}"),
+             ("hops in place {t}", "hopping in place {t}")],
+    "wave": [("waves {a}", "waving {a}"), ("waves {a} {t}", "waving {a} {t}"),
+             ("raises {a} and waves", "raising {a} and waving")],
+    "squat": [("squats {t}", "squatting {t}"), ("does a squat {t}", "doing a squat {t}"),
+              ("crouches down {t}", "crouching down {t}")],
+    "sit down": [("sits down", "sitting down"), ("sits down on a chair", "sitting down on a chair"),
+                 ("takes a seat", "taking a seat")],
+    "stand up": [("stands up", "standing up"), ("gets up", "getting up"),
+                 ("rises to their feet", "rising to their feet")],
+    "turn around": [("turns around to the {d}", "turning around to the {d}"),
+                    ("turns around", "turning around"), ("turns back", "turning back")],
+    "kick": [("kicks with the {l} leg {t}", "kicking with the {l} leg {t}"),
+             ("kicks {t} with the {l} foot", "kicking {t} with the {l} foot"),
+             ("kicks forward {t}", "kicking forward {t}")],
+    "clap": [("claps {t}", "clapping {t}"), ("claps the hands {t}", "clapping the hands {t}"),
+             ("claps", "clapping")],
+    "fall": [("falls {f}", "falling {f}"), ("falls down {f}", "falling down {f}"),
+             ("trips and falls {f}", "tripping and falling {f}")],
+    "bend over": [("bends over", "bending over"), ("bends over {t}", "bending over {t}"),
+                  ("bends forward at the waist", "bending forward at the waist")],
+    "punch": [("punches with {a}", "punching with {a}"), ("throws punches with {a}", "throwing punches with {a}"),
+              ("punches forward {t}", "punching forward {t}")],
+    "jumping jacks": [("does jumping jacks", "doing jumping jacks"),
+                      ("does {t2} jumping jacks", "doing {t2} jumping jacks")],
+}
+
 
 def _direction(d, rng):
     return str(rng.choice({
@@ -47,7 +76,7 @@ def _speed(v, rng):
     return ""
 
 
-def _arm(a, rng, noun="hand"):
+def _arm(a, noun):
     return {"left": f"the left {noun}", "right": f"the right {noun}", "both": f"both {noun}s"}[a]
 
 
@@ -62,39 +91,10 @@ def action_phrases(action, rng):
         verb = {"walk": ("walks", "walking"), "run": (str(rng.choice(["runs", "jogs"])), None)}[name]
         ger = verb[1] or ("running" if verb[0] == "runs" else "jogging")
         return f"{verb[0]} {speed}{where}", f"{ger} {speed}{where}"
-    table = {
-        "jump": [("jumps {t}", "jumping {t}"), ("jumps up and down {t}", "jumping up and down {t}"),
-                 ("hops in place {t}", "hopping in place {t}")],
-        "wave": [("waves {a}", "waving {a}"), ("waves {a} {t}", "waving {a} {t}"),
-                 ("raises {a} and waves", "raising {a} and waving")],
-        "squat": [("squats {t}", "squatting {t}"), ("does a squat {t}", "doing a squat {t}"),
-                  ("crouches down {t}", "crouching down {t}")],
-        "sit down": [("sits down", "sitting down"), ("sits down on a chair", "sitting down on a chair"),
-                     ("takes a seat", "taking a seat")],
-        "stand up": [("stands up", "standing up"), ("gets up", "getting up"),
-                     ("rises to their feet", "rising to their feet")],
-        "turn around": [("turns around to the {d}", "turning around to the {d}"),
-                        ("turns around", "turning around"), ("turns back", "turning back")],
-        "kick": [("kicks with the {l} leg {t}", "kicking with the {l} leg {t}"),
-                 ("kicks {t} with the {l} foot", "kicking {t} with the {l} foot"),
-                 ("kicks forward {t}", "kicking forward {t}")],
-        "clap": [("claps {t}", "clapping {t}"), ("claps the hands {t}", "clapping the hands {t}"),
-                 ("claps", "clapping")],
-        "fall": [("falls {f}", "falling {f}"), ("falls down {f}", "falling down {f}"),
-                 ("trips and falls {f}", "tripping and falling {f}")],
-        "bend over": [("bends over", "bending over"), ("bends over {t}", "bending over {t}"),
-                      ("bends forward at the waist", "bending forward at the waist")],
-        "punch": [("punches with {a}", "punching with {a}"), ("throws punches with {a}", "throwing punches with {a}"),
-                  ("punches forward {t}", "punching forward {t}")],
-        "jumping jacks": [("does jumping jacks", "doing jumping jacks"),
-                          ("does {t2} jumping jacks", "doing {t2} jumping jacks")],
-    }
-    present, gerund = table[name][rng.integers(len(table[name]))]
-    fill = {"t": times, "t2": str(n), "a": _arm(p.get("arm", "both"), rng, "hand" if name == "wave" else "fist"),
+    present, gerund = PHRASES[name][rng.integers(len(PHRASES[name]))]
+    fill = {"t": times, "t2": str(n), "a": _arm(p.get("arm", "both"), "hand" if name == "wave" else "fist"),
             "d": p.get("direction", "left"), "l": p.get("leg", "right"),
             "f": {"forward": "forward", "backward": "backwards"}.get(p.get("direction"), "")}
-    if name == "punch":
-        fill["a"] = {"left": "the left fist", "right": "the right fist", "both": "both fists"}[p.get("arm", "both")]
     return present.format(**fill).strip(), gerund.format(**fill).strip()
 
 
