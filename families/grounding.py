@@ -5,6 +5,7 @@ Entity spans <-> object boxes on scenes in the Flickr30k Entities format
 """
 import json
 import os
+import shutil
 import time
 
 from data.grounding_dataset import GroundingDataset, collate  # noqa: F401  (contract)
@@ -37,10 +38,19 @@ def prepare_data(cfg):
         return
     if os.path.exists(os.path.join(root, MARKER)):
         return
-    secs = generate(root, d["num_train"], d["num_val"], d["num_test"], d["gen_image_size"],
+    # written to a private folder and renamed into place when complete, so runs
+    # started together never read a half-made cache (the first rename wins)
+    tmp = f"{root}.tmp-{os.getpid()}"
+    secs = generate(tmp, d["num_train"], d["num_val"], d["num_test"], d["gen_image_size"],
                     d["captions_per_image"], d["gen_seed"])
-    with open(os.path.join(root, MARKER), "w") as f:  # written last: a half-made cache is redone
+    with open(os.path.join(tmp, MARKER), "w") as f:
         json.dump({"seconds": round(secs, 1), "time": time.ctime()}, f)
+    if os.path.isdir(root) and not os.path.exists(os.path.join(root, MARKER)):
+        shutil.rmtree(root)  # a cache left half-made by an older, interrupted run
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp)  # another run finished first: use its copy
     print(f"grounding: generated data in {root} in {secs:.1f} s")
 
 

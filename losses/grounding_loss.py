@@ -15,8 +15,12 @@ def gather(t, world_size):
     """All-gather with gradient (open_clip's gather_with_grad); identity on one process."""
     if world_size == 1:
         return t
-    import torch.distributed.nn.functional as dnf
-    return torch.cat(dnf.all_gather(t), 0)
+    if t.is_floating_point():
+        import torch.distributed.nn.functional as dnf
+        return torch.cat(dnf.all_gather(t), 0)
+    parts = [torch.empty_like(t) for _ in range(world_size)]  # masks, ids: no gradient
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, 0)
 
 
 def soft_cross_entropy(logits, positives):

@@ -61,7 +61,7 @@ class GatedCrossAttention(nn.Module):
 
 
 class GroundingModel(nn.Module):
-    def __init__(self, image_size=64, patch_size=8, vision_width=128, vision_depth=4, vision_heads=4, stem="conv",
+    def __init__(self, image_size=64, patch_size=8, vision_width=128, vision_depth=4, vision_heads=4, stem="linear",
                  embed_dim=128, object_pooling="roi_align", roi_output_size=2, crop_size=32,
                  entity_pooling="mean", text_head_layers=1, cross_attention=False,
                  masked_negatives=True, text=None):
