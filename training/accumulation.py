@@ -1,48 +1,54 @@
 """Exact gradient accumulation for losses over the whole batch (contrastive).
 
-With ``--accum-freq K`` every micro-batch is first encoded without grad and its
-features cached; then each micro-batch j is encoded again with grad, its
-features substituted into the cache, the loss taken over the whole effective
-batch and back-propagated. Summed over j this is exactly the gradient of the
-full-batch loss, because the model is per-sample (see families/__init__.py).
+With ``--accum-freq K`` the negatives of the whole effective batch are kept:
 
-Three defects of the usual implementation are avoided here:
-- the criterion's own parameters (logit scale/bias, similarity heads) would
-  get their gradient K times: they are detached in all but the last micro-step;
-- DDP would all-reduce on every micro-step: all but the last run in no_sync();
-- dropout would make the recomputed features differ from the cached ones: the
-  RNG state before each cached forward is replayed for its recomputation.
+1. every micro-batch is encoded without grad and its features cached;
+2. the loss over the whole batch is computed once, on leaf copies of the
+   cached features, and back-propagated: this gives the gradient of every
+   cached feature and, exactly once, of the criterion's own parameters
+   (logit scale/bias, similarity heads);
+3. each micro-batch is encoded again with grad and its cached feature
+   gradient pushed through the encoder (``backward(gradient=...)``).
+
+Summed over micro-batches this is exactly the gradient of the full-batch
+loss, because the model is per-sample (see families/__init__.py); unlike
+open_clip's variant the loss is computed once, not K times (GradCache's
+ordering). Three defects of the usual implementation are avoided:
+- the criterion's parameters get their gradient once, not K times;
+- DDP would all-reduce on every micro-step: all but the last run in
+  no_sync(), and the last one also touches the criterion's parameters so
+  their (locally accumulated) gradient is reduced with the rest;
+- dropout would make the re-encoded features differ from the cached ones:
+  the RNG state before each cached forward is replayed for its re-encoding.
 """
 import contextlib
 
 import torch
 import torch.nn as nn
-from torch.func import functional_call
 
 from training.data import cat_batches
 
 
 class ModelAndLoss(nn.Module):
-    """One module for DDP: the model's forward and the criterion together, so
-    that every trainable parameter's gradient is reduced by DDP."""
+    """One module for DDP: the model and the criterion together, so that every
+    trainable parameter's gradient is reduced by DDP."""
 
     def __init__(self, model, criterion):
         super().__init__()
         self.model = model
         self.criterion = criterion
 
-    def forward(self, batch, epoch=0, cache=None, index=None, full_batch=None,
-                detach_criterion=False):
+    def forward(self, batch, epoch=0, features_only=False, touch_criterion=False):
         features = self.model(batch)
-        if cache is not None:
-            parts = list(cache)
-            parts[index] = features
-            features = cat_batches(parts)
-            batch = full_batch
-        if detach_criterion:
-            params = {n: p.detach() for n, p in self.criterion.named_parameters()}
-            return functional_call(self.criterion, params, (features, batch, epoch))
-        return self.criterion(features, batch, epoch)
+        if not features_only:
+            return self.criterion(features, batch, epoch)
+        if touch_criterion:
+            # A zero that depends on every trainable criterion parameter: DDP
+            # then reduces their gradient, accumulated in step 2, in this pass.
+            params = [p for p in self.criterion.parameters() if p.requires_grad]
+            zero = sum((p.sum() * 0.0 for p in params), torch.zeros(()))
+            features = dict(features, _criterion_zero=zero)
+        return features
 
 
 def _rng_state(device):
@@ -58,8 +64,14 @@ def _set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _leaf(v):
+    if torch.is_tensor(v) and v.is_floating_point():
+        return v.detach().requires_grad_(True)
+    return v
+
+
 def forward_backward(ddp_module, module, micro_batches, epoch, autocast, scaler, device):
-    """Run forward and backward over the micro-batches of one optimizer step.
+    """Forward and backward over the micro-batches of one optimizer step.
 
     ``ddp_module`` is the (possibly DDP-wrapped) ModelAndLoss, ``module`` the
     unwrapped one. Returns (loss, logs) of the full effective batch.
@@ -70,15 +82,21 @@ def forward_backward(ddp_module, module, micro_batches, epoch, autocast, scaler,
         scaler.scale(loss).backward()
         return loss.detach(), logs
 
+    # 1. encode without grad, remembering the RNG state before each micro-batch
     cache, states = [], []
     with torch.no_grad():
         for mb in micro_batches:
             states.append(_rng_state(device))
             with autocast():
-                cache.append({k: v.detach() if torch.is_tensor(v) else v
-                              for k, v in module.model(mb).items()})
+                cache.append({k: _leaf(v) for k, v in module.model(mb).items()})
     end_state = _rng_state(device)
-    full_batch = cat_batches(micro_batches)
+
+    # 2. the loss over the whole batch, once
+    with autocast():
+        loss, logs = module.criterion(cat_batches(cache), cat_batches(micro_batches), epoch)
+    scaler.scale(loss).backward()
+
+    # 3. re-encode with grad and push the cached feature gradients through
     distributed = hasattr(ddp_module, "no_sync")
     for j, mb in enumerate(micro_batches):
         last = j == len(micro_batches) - 1
@@ -86,8 +104,14 @@ def forward_backward(ddp_module, module, micro_batches, epoch, autocast, scaler,
         sync = contextlib.nullcontext() if (last or not distributed) else ddp_module.no_sync()
         with sync:
             with autocast():
-                loss, logs = ddp_module(mb, epoch=epoch, cache=cache, index=j,
-                                        full_batch=full_batch, detach_criterion=not last)
-            scaler.scale(loss).backward()
+                out = ddp_module(mb, epoch=epoch, features_only=True,
+                                 touch_criterion=last and distributed)
+            surrogate = out.pop("_criterion_zero", torch.zeros((), device=device))
+            for k, v in out.items():
+                g = cache[j][k].grad if torch.is_tensor(cache[j][k]) else None
+                if g is not None and v.requires_grad:
+                    surrogate = surrogate + (v * g.to(v.dtype)).sum()
+            if surrogate.requires_grad:
+                surrogate.backward()
     _set_rng_state(end_state, device)
     return loss.detach(), logs
