@@ -30,6 +30,11 @@ Options follow seed 001 (sections 4.1, 5.5):
   warning; by default such a file is an error naming the file, the key and
   what was expected (non-finite values: when the item is loaded).
 
+Start-up: for real data the npz headers are read (T, keys, shapes) when the
+dataset is built, so a bad file fails before training; generated data
+records T in ``meta/{id}.json`` (~20x faster start), and every clip is
+checked again, keys, shapes, T and finiteness, when it is loaded.
+
 Item: ``range_time`` [256, L], ``doppler_time`` [128, L], ``azimuth_time``
 [128, L] float32, ``radar_mask`` [L] bool, ``caption`` str, ``captions``
 list[str], ``clip_id`` str, ``actions`` list[str], ``label`` int (index of
@@ -76,18 +81,21 @@ def parse_views(radar_views):
     return out
 
 
-def _npz_shapes(path):
-    """{key: (shape, dtype)} from the npz headers, without reading the arrays."""
-    out = {}
+def _npz_shapes(path, keys):
+    """({key: shape} for the `keys` the npz holds, read from the array headers
+    only; all key names in the file)."""
+    shapes = {}
     with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            with z.open(name) as f:
+        names = sorted(n[:-4] for n in z.namelist())
+        for key in keys:
+            if key not in names:
+                continue
+            with z.open(f"{key}.npy") as f:
                 version = np.lib.format.read_magic(f)
                 read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                         else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read(f)
-            out[name[:-4] if name.endswith(".npy") else name] = (shape, dtype)
-    return out
+                shapes[key] = read(f)[0]
+    return shapes, names
 
 
 def check_radar_file(path, views=tuple(VIEWS), arrays=None):
@@ -95,15 +103,17 @@ def check_radar_file(path, views=tuple(VIEWS), arrays=None):
     if not os.path.exists(path):
         raise RadarDataError(f"{path}: file not found (listed in the split file)")
     try:
-        info = {k: v[0] for k, v in _npz_shapes(path).items()} if arrays is None else \
-               {k: v.shape for k, v in arrays.items()}
+        if arrays is None:
+            info, present = _npz_shapes(path, views)
+        else:
+            info, present = {k: v.shape for k, v in arrays.items()}, sorted(arrays)
     except (zipfile.BadZipFile, ValueError, OSError) as e:
         raise RadarDataError(f"{path}: not a readable .npz file ({e})") from None
     t = None
     for key in views:
         if key not in info:
             raise RadarDataError(f"{path}: missing key {key!r}; expected {key} of shape "
-                                 f"({VIEWS[key]}, T) (has {sorted(info)})")
+                                 f"({VIEWS[key]}, T) (has {present})")
         shape = tuple(info[key])
         if len(shape) != 2 or shape[0] != VIEWS[key]:
             raise RadarDataError(f"{path}: key {key!r} has shape {shape}; expected ({VIEWS[key]}, T)")
@@ -150,8 +160,20 @@ class RadarTextDataset(Dataset):
                                          '{"filefolder", "fileindex", "captions"}')
             folder = os.path.join(root, e["filefolder"])
             npz = os.path.join(folder, "mmwave", f"{e['fileindex']}.npz")
+            meta_path = os.path.join(folder, "meta", f"{e['fileindex']}.json")
+            meta = {}
+            if os.path.exists(meta_path):
+                with open(meta_path) as f:
+                    meta = json.load(f)
             try:
-                t = check_radar_file(npz, self.views)
+                # Generated data records T in meta/ (checked again when the clip is
+                # loaded); otherwise read it from the npz headers, which also
+                # catches missing keys and wrong shapes before training starts.
+                t = meta.get("num_frames")
+                if t is None or filter_invalid:
+                    t = check_radar_file(npz, self.views)
+                elif not os.path.exists(npz):
+                    raise RadarDataError(f"{npz}: file not found (listed in the split file)")
                 if t_range and not (t_range[0] <= t < t_range[1]):
                     raise RadarDataError(f"{npz}: T={t} frames; expected {t_range[0]} <= T < {t_range[1]} "
                                          "(filter_invalid=True drops such clips, t_range=None allows any T)")
@@ -167,13 +189,9 @@ class RadarTextDataset(Dataset):
                 short += 1
                 continue
             captions = self._captions(key, e, folder)
-            meta = os.path.join(folder, "meta", f"{e['fileindex']}.json")
-            actions = []
-            if os.path.exists(meta):
-                with open(meta) as f:
-                    actions = [a["name"] for a in json.load(f)["actions"]]
-            self.items.append({"key": str(key), "npz": npz, "T": t, "captions": captions,
-                               "meta": meta, "actions": actions})
+            actions = [a["name"] for a in meta.get("actions", [])]
+            self.items.append({"key": str(key), "npz": npz, "T": int(t), "captions": captions,
+                               "meta": meta_path, "actions": actions})
         if short:
             warnings.warn(f"{split_path}: dropped {short} clips shorter than min_motion_len="
                           f"{self.min_motion_len} frames")
@@ -210,9 +228,15 @@ class RadarTextDataset(Dataset):
             return json.load(f)
 
     def _load(self, item):
-        with np.load(item["npz"]) as z:
-            arrays = {k: z[k].astype(np.float32) for k in self.views}
-        check_radar_file(item["npz"], self.views, arrays)
+        try:
+            with np.load(item["npz"]) as z:
+                arrays = {k: z[k].astype(np.float32) for k in self.views if k in z.files}
+        except (OSError, ValueError) as e:
+            raise RadarDataError(f"{item['npz']}: not a readable .npz file ({e})") from None
+        t = check_radar_file(item["npz"], self.views, arrays)
+        if t != item["T"]:
+            raise RadarDataError(f"{item['npz']}: {t} frames but its meta/ file says num_frames="
+                                 f"{item['T']}; expected them to agree (regenerate the data)")
         return arrays
 
     def __getitem__(self, index):

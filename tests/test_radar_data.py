@@ -342,6 +342,27 @@ def test_nan_and_length_errors_and_filtering(tmp_path):
     assert [it["key"] for it in kept.items] == ["ok"]
 
 
+def test_generated_clip_corrupted_after_generation(tmp_path):
+    """Generated data takes T from meta/ (fast start); the clip is still checked when loaded."""
+    root = str(tmp_path / "gen")
+    generate_radar_dataset(root, 2, 1, 1, seed=9)
+    path = os.path.join(root, "mmwave", "000001.npz")
+    with np.load(path) as z:
+        good = {k: z[k] for k in z.files}
+    t = good["range_time"].shape[1]
+    np.savez(path, **dict(good, azimuth_time=np.zeros((100, t), np.float32)))
+    ds = RadarTextDataset(root, "train", train=False)
+    ds[0]
+    with pytest.raises(RadarDataError, match=r"000001.npz: key 'azimuth_time' has shape \(100, \d+\)"):
+        ds[1]
+    np.savez(path, **{k: v[:, :t - 3] if v.ndim == 2 else v for k, v in good.items()})
+    with pytest.raises(RadarDataError, match=f"000001.npz: {t - 3} frames but its meta/ file says num_frames={t}"):
+        ds[1]
+    os.remove(path)
+    with pytest.raises(RadarDataError, match="000001.npz: file not found"):
+        RadarTextDataset(root, "train")
+
+
 def test_missing_split_and_missing_file(tmp_path):
     root = _write_fake(tmp_path, {"a": 120})
     with pytest.raises(FileNotFoundError, match=r"_split/test.json: split file not found"):
