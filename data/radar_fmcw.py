@@ -12,7 +12,7 @@ velocity resolution    lambda / (2 * 128 * T_c)   ~ 0.097 m/s
 max |velocity|         lambda / (4 T_c)           ~ 6.2 m/s (aliases beyond)
 virtual array          8 elements (2 TX x 4 RX),  azimuth FFT zero-padded
                        spacing lambda / 2         to 128 bins
-frame rate             20 frames/s                (clip of 5-8 s -> T 100-160)
+frame rate             20 frames/s                (clips of 5-11 s -> T 100-220)
 =====================  =========================  ==========================
 
 Bin conventions (what the point-target test checks):
