@@ -73,12 +73,66 @@ class TemporalNegatives(Dataset):
         return item
 
 
+# --- frozen text features, computed once per dataset ---------------------------
+def text_cache_path(cfg):
+    t = cfg["model"]["text"]
+    name = (t["model_name"] or "minilm").strip("/").replace("/", "_")
+    return os.path.join(data_root(cfg), "text_cache", f"{name}_len{t['max_length']}.pt")
+
+
+def _text_cache_enabled(cfg):
+    t = cfg["model"]["text"]
+    return t["freeze_backbone"] and not t["unfreeze_last_n"] and t["cache_features"]
+
+
+def all_captions(cfg):
+    """Every string the model will encode: captions, swapped captions, prompts."""
+    texts = set()
+    for ds in build_datasets(cfg).values():
+        for i, it in enumerate(ds.base.items):
+            texts.update(it["captions"])
+            texts.update(ds.swapped(i))
+        texts.update(ds.base.action_prompts.values())
+    return sorted(texts)
+
+
+@torch.no_grad()
+def build_text_cache(cfg, batch_size=256):
+    """A frozen text backbone maps a caption to the same hidden states in
+    every run: encode every caption of the dataset once and keep them on disk
+    beside the data (fp16), so experiments do not each spend minutes on it."""
+    from models.text_encoder import TextEncoder
+    path = text_cache_path(cfg)
+    if os.path.exists(path) or not _text_cache_enabled(cfg):
+        return
+    t = cfg["model"]["text"]
+    enc = TextEncoder(model_name=t["model_name"], max_length=t["max_length"],
+                      pooling_strategy=t["pooling_strategy"]).eval()
+    texts = all_captions(cfg)
+    for i in range(0, len(texts), batch_size):
+        enc(texts[i:i + batch_size])  # fills enc._cache
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save({c: (h.half(), None if p is None else p.half()) for c, (h, p) in enc._cache.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_text_cache(model, cfg):
+    path = text_cache_path(cfg)
+    enc = model.text_encoder
+    if not (_text_cache_enabled(cfg) and os.path.exists(path) and getattr(enc, "cache_features", False)):
+        return
+    cache = torch.load(path, map_location="cpu")
+    enc._cache.update({c: (h.float(), None if p is None else p.float()) for c, (h, p) in cache.items()})
+
+
 # --- the contract -------------------------------------------------------------
 def prepare_data(cfg):
     from data.radar_sim import ensure_radar_dataset
     d = cfg["data"]
     ensure_radar_dataset(data_root(cfg), d["num_train"], d["num_val"], d["num_test"],
                          seed=d["seed"], workers=d["gen_workers"], **(d.get("sim") or {}))
+    build_text_cache(cfg)
 
 
 def build_datasets(cfg):
@@ -101,7 +155,9 @@ def collate(items):
 
 def build_model(cfg):
     from models.clip_model import build_clip_model
-    return build_clip_model(cfg)
+    model = build_clip_model(cfg)
+    load_text_cache(model, cfg)
+    return model
 
 
 def build_criterion(cfg, rank=0, world_size=1):
