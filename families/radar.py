@@ -82,7 +82,8 @@ def text_cache_path(cfg):
 
 def _text_cache_enabled(cfg):
     t = cfg["model"]["text"]
-    return t["freeze_backbone"] and not t["unfreeze_last_n"] and t["cache_features"]
+    return (t.get("disk_cache", False) and t["freeze_backbone"] and not t["unfreeze_last_n"]
+            and t["cache_features"])
 
 
 def all_captions(cfg):
@@ -100,7 +101,9 @@ def all_captions(cfg):
 def build_text_cache(cfg, batch_size=256):
     """A frozen text backbone maps a caption to the same hidden states in
     every run: encode every caption of the dataset once and keep them on disk
-    beside the data (fp16), so experiments do not each spend minutes on it."""
+    beside the data (fp16), so a series of experiments does not spend minutes
+    on it in every run (``model.text.disk_cache``; off by default, since a
+    single run only meets about a third of the captions)."""
     from models.text_encoder import TextEncoder
     path = text_cache_path(cfg)
     if os.path.exists(path) or not _text_cache_enabled(cfg):
