@@ -9,6 +9,16 @@ from data.timesclip_dataset import FieldTable, YieldDataset, load_fields, value_
 from data.timesclip_generate import BANDS, generate
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # These tensors are tiny: a second intra-op thread only adds overhead, and
+    # on a shared, oversubscribed CPU the thread pool's spinning costs 4x.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def fields(tmp_path_factory):
     return generate(str(tmp_path_factory.mktemp("tc")), n_regions=2, years=(2018, 2019, 2020),

@@ -12,6 +12,17 @@ from families import timesclip as fam
 from training.checkpoint import atomic_save
 from training.config import load_config
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # These tensors are tiny: a second intra-op thread only adds overhead, and
+    # on a shared, oversubscribed CPU the thread pool's spinning costs 4x.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TINY = ["--data.n_regions", "2", "--data.years", "[2018, 2019, 2020]",
         "--data.fields_per_region_year", "24", "--data.train_years", "[2018]",
         "--data.val_years", "[2019]", "--data.test_years", "[2020]",
