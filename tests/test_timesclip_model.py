@@ -20,6 +20,7 @@ def _one_torch_thread():
     yield
     torch.set_num_threads(n)
 
+
 SMALL = dict(d_model=16, embed_dim=16, n_layers=1, n_heads=2, image_size=16, vision_patch=8,
              vision_width=16, vision_layers=1, dropout=0.0)
 
