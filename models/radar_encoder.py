@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 VIEW_DIMS = {"range_time": 256, "doppler_time": 128, "azimuth_time": 128}
