@@ -53,6 +53,8 @@ def main(argv=None):
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                           if args.device == "auto" else args.device)
     family, cfg, model, criterion, ckpt = load_stage1(args.checkpoint, parse_cli(rest), device)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
     family.prepare_data(cfg)  # regenerates the same data if the cache was removed
     dataset = family.build_datasets(cfg)[args.split]
     os.makedirs(args.out, exist_ok=True)

@@ -124,6 +124,8 @@ def validate(family, module, cfg, datasets, info, step, epoch, logger, run_dir):
 def main(argv=None):
     cfg = load_config(sys.argv[1:] if argv is None else argv)
     info = init_distributed(cfg["device"], cfg["dist_backend"])
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
     family = load_family(cfg["family"])
     run_dir = os.path.join(cfg["logs"], run_name(cfg))
     ckpt_dir = os.path.join(run_dir, "checkpoints")

@@ -62,11 +62,11 @@ def set_encoder_trainable(encoder, trainable):
         p.requires_grad_(trainable)
 
 
-def make_optimizer(model, encoder, s2, total_steps, phase_epochs, steps_per_epoch):
+def make_optimizer(model, encoder, s2, head_lr, phase_epochs, steps_per_epoch):
     enc_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
     enc = [p for p in model.parameters() if p.requires_grad and id(p) in enc_ids]
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
-    groups = [{"params": rest, "lr": s2["lr"]}]
+    groups = [{"params": rest, "lr": head_lr}]
     if enc:
         groups.append({"params": enc, "lr": s2["lr"] * s2["encoder_lr_mult"]})
     opt = torch.optim.AdamW(groups, weight_decay=s2["wd"])
@@ -101,6 +101,8 @@ def main(argv=None):
                 _set_dotted(cfg, k, v, "command line")
         state = ckpt["model"] if mode != "scratch" else None
     device = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"])
 
@@ -136,15 +138,18 @@ def main(argv=None):
 
     frozen_phase = {"linear": s2["epochs"], "frozen_then_finetune": s2["frozen_epochs"]}.get(mode, 0)
     set_encoder_trainable(encoder, frozen_phase == 0)
-    opt, sched = make_optimizer(model, encoder, s2, None,
+    opt, sched = make_optimizer(model, encoder, s2, s2["lr"],
                                 frozen_phase or s2["epochs"], steps_per_epoch)
     best, best_metric, step = None, None, 0
     sign = 1 if s2["monitor_mode"] == "min" else -1
     for epoch in range(s2["epochs"]):
         if mode == "frozen_then_finetune" and epoch == frozen_phase:
+            # Linear probe, then fine-tune (LP-FT): the trained head continues at
+            # the encoder's small lr, so unfreezing does not restart a large warm-up
+            # that would undo the probe.
             set_encoder_trainable(encoder, True)
-            opt, sched = make_optimizer(model, encoder, s2, None, s2["epochs"] - epoch,
-                                        steps_per_epoch)
+            opt, sched = make_optimizer(model, encoder, s2, s2["lr"] * s2["encoder_lr_mult"],
+                                        s2["epochs"] - epoch, steps_per_epoch)
         model.train()
         if encoder is not None and not any(p.requires_grad for p in encoder.parameters()):
             encoder.eval()  # a frozen encoder also keeps its dropout/norm statistics fixed

@@ -17,6 +17,7 @@ TRAIN_DEFAULTS = {
     "logs": "logs",
     "seed": 0,
     "device": "auto",        # auto | cpu | cuda
+    "threads": None,         # torch intra-op threads (None: torch's default); 1 helps on busy CPUs
     "dist_backend": "auto",  # auto: nccl on CUDA, gloo on CPU
     "batch_size": 64,        # per rank, per optimizer step (after accumulation)
     "accum_freq": 1,         # micro-batches per step; micro-batch = batch_size / accum_freq
