@@ -219,7 +219,9 @@ def generate_radar_dataset(root, num_train, num_val, num_test, seed=0, workers=1
     jobs = [(root, i, p["seed"], p) for i in range(n)]
     t0 = time.time()
     if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
+        # spawn, not fork: forking a process whose torch/OpenMP threads hold locks can
+        # deadlock the children (seen when the generator runs inside pytest or eval.py).
+        with mp.get_context("spawn").Pool(workers) as pool:
             results = list(tqdm(pool.imap(_make_clip, jobs, chunksize=8), total=n, desc="radar clips",
                                 mininterval=5))
     else:

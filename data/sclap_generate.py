@@ -146,7 +146,9 @@ def generate(cfg, workers=1, progress=True):
         count = cfg[f"num_{split}"] + (cfg["num_zeroshot"] if split == "test" else 0)
         jobs += [(split, i, cfg) for i in range(count)]
     if workers > 1:
-        with ProcessPoolExecutor(workers) as ex:
+        # spawn, not fork: forking after torch has started its threads can deadlock
+        import multiprocessing
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
             results = list(ex.map(_job, jobs, chunksize=16))
     else:
         results = [_job(j) for j in jobs]

@@ -246,7 +246,7 @@ def _ensure_in_child(root, queue):
 def test_concurrent_runs_generate_once(tmp_path):
     """Two runs (e.g. two seeds) starting together: one generates, the other waits and reuses."""
     import multiprocessing as mp
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
     root, queue = str(tmp_path / "shared"), ctx.Queue()
     procs = [ctx.Process(target=_ensure_in_child, args=(root, queue)) for _ in range(2)]
     for p in procs:
