@@ -4,8 +4,9 @@ step, a no-grad forward, and the criterion alone.
 
     python benchmarks/profile_step.py [--precision fp32] [other config flags]
 """
-import time, statistics, torch, sys
-sys.path.insert(0, '.')
+import os, statistics, sys, time
+import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from families import load_family
 from training.config import load_config
 from training.accumulation import ModelAndLoss, forward_backward
