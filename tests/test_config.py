@@ -44,3 +44,10 @@ def test_every_family_yaml_resolves():
         if os.path.exists(path):
             cfg = load_config(["--family", fam, "--preset", "quick"])
             assert cfg["family"] == fam
+
+
+def test_numbers_in_exponent_form_and_strings_that_look_numeric():
+    cfg = load_config(["--config", TINY_YAML, "--lr", "1e-4", "--name", "nan", "--wd", "2E-3"])
+    assert cfg["lr"] == 1e-4 and cfg["wd"] == 2e-3 and cfg["name"] == "nan"
+    with pytest.raises(ConfigError, match="lr expects a number"):
+        load_config(["--config", TINY_YAML, "--lr", "fast"])

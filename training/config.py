@@ -7,6 +7,7 @@ Keys are the YAML's; nested keys are addressed with dots on the command line
 import copy
 import difflib
 import os
+import re
 
 import yaml
 
@@ -51,6 +52,7 @@ TRAIN_DEFAULTS = {
     "resume": None,          # latest | PATH
 }
 
+_SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 FAMILY_SECTIONS = ("data", "model", "loss", "eval", "stage2")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,10 +72,9 @@ def _merge(base, override, where, path=""):
             _merge(base[key], value, where, full + ".")
         elif (isinstance(base[key], (int, float)) and not isinstance(base[key], bool)
               and isinstance(value, str)):
-            try:  # 'lr: 1e-4' in YAML is a string; the key is numeric
-                base[key] = float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: {full} expects a number, got {value!r}") from None
+            if not _SCI.fullmatch(value):  # 'lr: 1e-4' in YAML is a string; the key is numeric
+                raise ConfigError(f"{where}: {full} expects a number, got {value!r}")
+            base[key] = float(value)
         else:
             base[key] = copy.deepcopy(value)
 
@@ -126,11 +127,8 @@ def _parse_value(raw):
     if raw == "":
         return None
     value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads '1e-4' as a string; a flag value like that is a number
-            return float(value)
-        except ValueError:
-            pass
+    if isinstance(value, str) and _SCI.fullmatch(value):
+        return float(value)  # YAML 1.1 reads '1e-4' as a string; a flag value like that is a number
     return value
 
 
