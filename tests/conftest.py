@@ -16,3 +16,14 @@ TINY_YAML = os.path.join(ROOT, "tests", "tiny.yaml")
 def tiny_cfg():
     from training.config import load_config
     return load_config(["--config", TINY_YAML])
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny tensors: a second intra-op thread only adds overhead,
+    and on a shared, oversubscribed CPU the thread pool's spinning costs ~4x."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

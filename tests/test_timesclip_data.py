@@ -9,14 +9,7 @@ from data.timesclip_dataset import FieldTable, YieldDataset, load_fields, value_
 from data.timesclip_generate import BANDS, generate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # These tensors are tiny: a second intra-op thread only adds overhead, and
-    # on a shared, oversubscribed CPU the thread pool's spinning costs 4x.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,7 @@ from models.timesclip_encoders import PatchEmbedding, VisionEncoder, n_patches
 from models.timesclip_model import TimesCLIP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # These tensors are tiny: a second intra-op thread only adds overhead, and
-    # on a shared, oversubscribed CPU the thread pool's spinning costs 4x.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = dict(d_model=16, embed_dim=16, n_layers=1, n_heads=2, image_size=16, vision_patch=8,

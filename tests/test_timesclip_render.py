@@ -6,14 +6,7 @@ from models.timesclip_render import VARIATE_COLOURS, chart_points, line_iou, ren
     render_variates
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # These tensors are tiny: a second intra-op thread only adds overhead, and
-    # on a shared, oversubscribed CPU the thread pool's spinning costs 4x.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _walks(b, t, v, seed=0):

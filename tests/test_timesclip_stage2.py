@@ -13,14 +13,7 @@ from training.checkpoint import atomic_save
 from training.config import load_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # These tensors are tiny: a second intra-op thread only adds overhead, and
-    # on a shared, oversubscribed CPU the thread pool's spinning costs 4x.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = ["--data.n_regions", "2", "--data.years", "[2018, 2019, 2020]",
