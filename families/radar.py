@@ -116,7 +116,7 @@ def build_text_cache(cfg, batch_size=256):
         enc(texts[i:i + batch_size])  # fills enc._cache
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
-    torch.save({c: (h.half(), None if p is None else p.half()) for c, (h, p) in enc._cache.items()}, tmp)
+    torch.save(enc.cache_state(), tmp)
     os.replace(tmp, path)
 
 
@@ -126,7 +126,7 @@ def load_text_cache(model, cfg):
     if not (_text_cache_enabled(cfg) and os.path.exists(path) and getattr(enc, "cache_features", False)):
         return
     cache = torch.load(path, map_location="cpu")
-    enc._cache.update({c: (h.float(), None if p is None else p.float()) for c, (h, p) in cache.items()})
+    enc.load_cache(cache)
 
 
 # --- the contract -------------------------------------------------------------

@@ -86,7 +86,7 @@ def score_matrix(criterion, radar, text, chunk=32):
         return g
     seq = criterion.seq
     P = seq.prepare(radar["radar_seq"], radar["radar_mask"], text["text_tokens"], text["text_mask"])
-    cols = [seq._score(P, slice(i, i + chunk), False) for i in range(0, g.shape[0], chunk)]
+    cols = [seq.scores(P, slice(i, i + chunk)) for i in range(0, g.shape[0], chunk)]
     return g + torch.cat(cols, 1).t()  # [Ni, Nt] -> [Nt, Ni]
 
 

@@ -170,6 +170,10 @@ class SequenceSimilarity(nn.Module):
         tm = tm.expand(sim.shape[:-2] + sim.shape[-1:])
         return monotonic_alignment(sim, rm, tm)
 
+    def scores(self, P, sl):
+        """Similarities of every prepared radar clip against the captions in slice ``sl``."""
+        return self._score(P, sl, False)
+
     def _score(self, P, sl, pairs):
         fns = {"global": self._global, "local": self._local,
                "attention": self._attention, "temporal": self._temporal}

@@ -108,6 +108,17 @@ class TextEncoder(nn.Module):
             self.backbone.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    def cache_state(self, dtype=torch.float16):
+        """The frozen backbone's cached outputs, {caption: (hidden [L, H], pooled)}, to save."""
+        return {c: (h.to(dtype), None if p is None else p.to(dtype)) for c, (h, p) in self._cache.items()}
+
+    def load_cache(self, state):
+        """Reuse outputs saved by ``cache_state`` (same model, max_length, pooling)."""
+        if not self.cache_features:
+            raise ValueError("load_cache: this TextEncoder does not cache (backbone not frozen)")
+        self._cache.update({c: (h.float(), None if p is None else p.float())
+                            for c, (h, p) in state.items()})
+
     def tokenize(self, captions):
         return self.tokenizer(list(captions), padding=True, truncation=True,
                               max_length=self.max_length, return_tensors="pt",
