@@ -35,7 +35,7 @@ LOG_100 = math.log(100.0)
 
 
 class NonFiniteError(RuntimeError):
-    pass
+    """Too many non-finite steps in a row (``max_nonfinite``)."""
 
 
 def run_name(cfg):
@@ -245,7 +245,8 @@ def main(argv=None):
                mininterval=0.5 if sys.stderr.isatty() else 30)
     window = {"data": 0.0, "step": 0.0, "samples": 0}
     last_val = None
-    while step < total_steps and stop["signal"] is None:
+    stop_agreed = False
+    while step < total_steps and not stop_agreed:
         sampler.set_epoch(epoch, start=batch_in_epoch * micro_bs * accum)
         for ds in datasets.values():
             if hasattr(ds, "set_epoch"):
@@ -263,7 +264,13 @@ def main(argv=None):
             gnorm = torch.nn.utils.clip_grad_norm_(
                 [p for p in module.parameters() if p.requires_grad], max_norm)
             finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(gnorm))
-            finite = all_reduce_max(0.0 if finite else 1.0, info) == 0.0
+            # one collective per step: every rank must agree to skip, and to stop
+            # (a stop seen by one rank only would deadlock the final save)
+            bad, stopping = all_reduce_max([0.0 if finite else 1.0,
+                                            1.0 if stop["signal"] is not None else 0.0], info)
+            finite, stop_agreed = bad == 0.0, stopping > 0
+            if stop_agreed:
+                stop["signal"] = stop["signal"] or signal.SIGTERM
             batch_in_epoch += 1
             if finite or scaler.is_enabled() and bool(torch.isfinite(loss)):
                 # With fp16 the scaler itself skips overflowing steps and lowers its scale.
@@ -288,6 +295,8 @@ def main(argv=None):
                         f"(max_nonfinite={cfg['max_nonfinite']}); stopping. The last good "
                         f"checkpoint in {ckpt_dir} is intact: lower --lr, try --grad-clip-norm "
                         f"or --precision fp32, then --resume latest")
+                if stop_agreed:
+                    break
                 continue
 
             t_step = time.perf_counter() - t0
@@ -313,11 +322,9 @@ def main(argv=None):
                 window = {"data": 0.0, "step": 0.0, "samples": 0}
             if cfg["save_every"] and step % cfg["save_every"] == 0 and step < total_steps:
                 save()
-            # every rank must agree to stop, or the final save would deadlock
-            if all_reduce_max(1.0 if stop["signal"] is not None else 0.0, info) > 0:
-                stop["signal"] = stop["signal"] or signal.SIGTERM
+            if stop_agreed:
                 break
-        if stop["signal"] is not None:
+        if stop_agreed:
             break
         if batch_in_epoch >= steps_per_epoch:
             epoch += 1
@@ -333,7 +340,7 @@ def main(argv=None):
                     metric = last_val[cfg["monitor"]]
                 barrier(info)
             save(metric)
-    if stop["signal"] is not None:
+    if stop_agreed:
         save()
         if info.is_main:
             print(f"signal {stop['signal']}: saved step {step} to {ckpt_dir}, exiting")

@@ -61,7 +61,6 @@ def main():
                          ResumableDistributedSampler(ds["train"], seed=0))
     it = iter(loader)
     batches = [to_device(next(it), device) for _ in range(2)]
-    from training.data import cat_batches  # noqa: F401  (micro-batches are slices)
 
     def split(batch, k):
         n = B // k

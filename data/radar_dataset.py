@@ -64,7 +64,7 @@ MMEXPERT_T_RANGE = (100, 500)   # kept when 100 <= T < 500
 
 
 class RadarDataError(ValueError):
-    pass
+    """A radar file or split that does not match the mmExpert format."""
 
 
 def parse_views(radar_views):

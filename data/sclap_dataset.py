@@ -25,7 +25,7 @@ VARIANTS = ("pos", "neg_t", "neg_s")
 
 
 class ManifestError(ValueError):
-    pass
+    """A manifest row or audio file that does not match the stClotho-style format."""
 
 
 def _float(row, key, path, line):

@@ -51,7 +51,7 @@ def collate(items):
 
 
 def prepare_data(cfg):
-    pass
+    """Nothing on disk: the tiny family's data is made in memory by build_datasets."""
 
 
 def build_datasets(cfg):

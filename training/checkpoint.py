@@ -26,7 +26,7 @@ def _fsync_dir(path):
             os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError:
+    except OSError:  # some file systems cannot fsync a directory; the rename still holds
         pass
 
 

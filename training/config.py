@@ -58,7 +58,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class ConfigError(ValueError):
-    pass
+    """A config key, value or file that is not what the run expects."""
 
 
 def _merge(base, override, where, path=""):

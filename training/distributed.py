@@ -56,13 +56,14 @@ def all_reduce_mean(value, info):
     return t.item() / info.world_size
 
 
-def all_reduce_max(value, info):
+def all_reduce_max(values, info):
+    """Element-wise max over ranks of a list of floats (one collective for all flags)."""
     if not info.distributed:
-        return value
-    t = torch.tensor([float(value)], dtype=torch.float64, device=info.device
+        return list(values)
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=info.device
                      if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
+    return t.tolist()
 
 
 def cleanup(info):
