@@ -44,7 +44,9 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (ckdir / "step_00000024.pt").exists(), "run ended before it could be killed"
-    ck, _ = _weights(ckdir / "latest.pt")
+    # latest.pt may not be relinked yet; --resume latest takes the newest step file.
+    from training.checkpoint import find_resume
+    ck, _ = _weights(find_resume("latest", str(tmp_path / "killed")))
     assert ck["step"] == 12
 
     res = subprocess.run(_run_args(tmp_path, "killed", *common, "--resume", "latest"), cwd=ROOT,

@@ -140,17 +140,19 @@ class CheckpointManager:
 
 
 def find_resume(resume, run_dir):
-    """``latest`` -> the run's latest.pt, else the newest step file; or a path."""
+    """``latest`` -> the run's newest step file (each is written atomically, so
+    it is complete even when the run was killed before ``latest.pt`` was
+    relinked), else ``latest.pt``; or a path."""
     if resume != "latest":
         if not os.path.exists(resume):
             raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
         return resume
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    latest = os.path.join(ckpt_dir, "latest.pt")
-    if os.path.exists(latest):
-        return latest
     steps = sorted(glob.glob(os.path.join(ckpt_dir, "step_*.pt")))
-    return steps[-1] if steps else None
+    if steps:
+        return steps[-1]
+    latest = os.path.join(ckpt_dir, "latest.pt")
+    return latest if os.path.exists(latest) else None
 
 
 def load_checkpoint(path, map_location="cpu"):
