@@ -1,5 +1,5 @@
 """Audio towers of sCLAP: the SED and DOA convolutional branches, the
-TemporalAudioEncoder of seed 002 and the DOA head.
+TemporalAudioEncoder of seed 002 and the DOA heads.
 
 No BatchNorm anywhere (GroupNorm instead): the model must not mix samples,
 which is what keeps gradient accumulation exact.
@@ -85,3 +85,40 @@ class DOAHead(nn.Module):
             iv = F.adaptive_avg_pool1d(iv, self.time_steps) * feats.shape[2]  # O(1) scale
             x = torch.cat([x, iv], dim=1)
         return self.mlp(x.flatten(1)).view(-1, self.n_events, 3)
+
+
+class AttentionDOAHead(nn.Module):
+    """Directions of n_events events as attention-weighted means of the front
+    end's intensity vectors (the default DOA head).
+
+    The mean active intensity over the bins where a source dominates points to
+    it (that is the classical estimator's physics); what the classical method
+    does not know is *which* bins those are. Here, per event, a softmax over
+    (time, band) picks them: logit_e(t, m) = time_e(t) + bin(t, m), with the
+    time profile read from the DOA feature map (when event e sounds) and the
+    per-bin term read from the 4 log-mels (where direct sound stands above
+    noise and reverberation). direction_e = normalise(sum w_e iv) plus a
+    correction read from the map under the same attention (zero at
+    initialisation), which can learn the room's systematic bias.
+    Output [B, n_events, 3]; the loss normalises (1 - cos)."""
+
+    def __init__(self, in_channels, n_events=2, hidden=64):
+        super().__init__()
+        self.n_events = n_events
+        self.time_logits = nn.Sequential(nn.Conv1d(in_channels, hidden, 3, padding=1), nn.GELU(),
+                                         nn.Conv1d(hidden, n_events, 1))
+        self.bin_logits = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 1, 1))
+        self.correction = nn.Linear(in_channels, 3)
+        nn.init.zeros_(self.correction.weight)
+        nn.init.zeros_(self.correction.bias)
+
+    def forward(self, fmap, feats):
+        B, _, T, M = feats.shape
+        tmap = fmap.mean(dim=3)                                            # [B, C, T']
+        time = F.interpolate(self.time_logits(tmap), size=T, mode="linear", align_corners=False)
+        logits = time.unsqueeze(3) + self.bin_logits(feats[:, :4])         # [B, E, T, M]
+        w = torch.softmax(logits.flatten(2).float(), dim=2).view(B, self.n_events, T, M)
+        iv = torch.einsum("betm,bctm->bec", w, feats[:, 4:7].float())     # [B, E, 3]
+        w_t = F.adaptive_avg_pool1d(w.sum(3), tmap.shape[2]) * (T / tmap.shape[2])  # [B, E, T'], sums to 1
+        ctx = torch.einsum("bes,bcs->bec", w_t.to(tmap.dtype), tmap)       # [B, E, C]
+        return F.normalize(iv, dim=-1) + self.correction(ctx).float()

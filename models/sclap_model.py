@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.sclap_audio import ConvBranch, DOAHead, TemporalAudioEncoder
+from models.sclap_audio import AttentionDOAHead, ConvBranch, DOAHead, TemporalAudioEncoder
 from models.text_encoder import TextEncoder
 
 
@@ -73,7 +73,7 @@ class TextHead(nn.Module):
 class SCLAP(nn.Module):
     def __init__(self, embed_dim=256, channels=(32, 32, 64), freq_patch=8, use_temporal_encoder=True,
                  n_chunks=4, temporal_layers=2, temporal_heads=8, use_modality_classifier=True,
-                 grl_lambda=1.0, n_events=2, doa_time_steps=8, doa_iv_skip=True, text_model=None, text_layers=1,
+                 grl_lambda=1.0, n_events=2, doa_head="attention", doa_time_steps=8, doa_iv_skip=True, text_model=None, text_layers=1,
                  freeze_text_backbone=True, unfreeze_last_n=0):
         super().__init__()
         self.sed_branch = ConvBranch(1, channels, freq_patch)
@@ -86,7 +86,12 @@ class SCLAP(nn.Module):
         if use_temporal_encoder:
             self.temporal = TemporalAudioEncoder(2 * C, embed_dim, n_chunks, temporal_layers, temporal_heads)
             self.final_audio_projection = nn.Linear(2 * embed_dim, embed_dim)
-        self.doa_head = DOAHead(C, n_events, doa_time_steps, iv_skip=doa_iv_skip)
+        if doa_head == "attention":
+            self.doa_head = AttentionDOAHead(C, n_events)
+        elif doa_head == "mlp":
+            self.doa_head = DOAHead(C, n_events, doa_time_steps, iv_skip=doa_iv_skip)
+        else:
+            raise ValueError(f"model.doa_head must be 'attention' or 'mlp', got {doa_head!r}")
         self.text_encoder = TextEncoder(model_name=text_model, embed_dim=embed_dim,
                                         freeze_backbone=freeze_text_backbone,
                                         unfreeze_last_n=unfreeze_last_n)

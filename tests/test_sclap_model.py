@@ -114,3 +114,36 @@ def test_model_is_per_sample():
         torch.testing.assert_close(both[k][1:], one[k], atol=1e-5, rtol=1e-4)
     assert both["audio"].shape == (2, 3, 32) and both["doa"].shape == (2, 3, 2, 3)
     assert np.isfinite(both["doa"].numpy()).all()
+
+
+def test_attention_doa_head_points_where_the_intensity_points():
+    """Before any training the attention head is a weighted mean of the
+    intensity vectors: if every bin's intensity points to one direction, both
+    events get that direction; and the weights follow the bins, so a source
+    in the first half and another in the second half are both reachable."""
+    from models.sclap_audio import AttentionDOAHead
+    torch.manual_seed(0)
+    head = AttentionDOAHead(16, n_events=2)
+    d = F.normalize(torch.tensor([0.3, -0.8, 0.2]), dim=0)
+    feats = torch.randn(3, 7, 24, 16)
+    feats[:, 4:7] = d.view(1, 3, 1, 1)
+    out = head(torch.randn(3, 16, 12, 2), feats)
+    torch.testing.assert_close(F.normalize(out, dim=-1), d.expand(3, 2, 3), atol=1e-5, rtol=0)
+    # Make event 0 attend to the first half and event 1 to the second through the time logits.
+    d2 = F.normalize(torch.tensor([-0.5, 0.1, 0.7]), dim=0)
+    feats[:, 4:7, 12:] = d2.view(1, 3, 1, 1)
+    with torch.no_grad():
+        last = head.time_logits[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+    fmap = torch.zeros(3, 16, 12, 2)
+    step = torch.zeros(12)
+    step[6:] = 1.0                                                    # map frames 6.. = input frames 12..
+    fmap[:, 0] = step.view(1, 12, 1)
+    with torch.no_grad():
+        head.time_logits[0].weight.zero_()
+        head.time_logits[0].bias.zero_()
+        head.time_logits[0].weight[0, 0, 1] = 1.0                    # hidden 0 = the step (GELU(1) > 0)
+        last.weight[0, 0, 0], last.weight[1, 0, 0] = -60.0, 60.0
+    out = F.normalize(head(fmap, feats), dim=-1)
+    assert (out[:, 0] @ d).min() > 0.99 and (out[:, 1] @ d2).min() > 0.99
