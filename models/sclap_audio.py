@@ -95,7 +95,8 @@ class AttentionDOAHead(nn.Module):
     it (that is the classical estimator's physics); what the classical method
     does not know is *which* bins those are. Here, per event, a softmax over
     (time, band) picks them: logit_e(t, m) = time_e(t) + bin(t, m), with the
-    time profile read from the DOA feature map (when event e sounds) and the
+    time profile read from the DOA feature map and the frame's position in
+    the clip (so slot 0 can be the earlier event, slot 1 the later) and the
     per-bin term read from the 4 log-mels (where direct sound stands above
     noise and reverberation). direction_e = normalise(sum w_e iv) plus a
     correction read from the map under the same attention (zero at
@@ -105,7 +106,7 @@ class AttentionDOAHead(nn.Module):
     def __init__(self, in_channels, n_events=2, hidden=64):
         super().__init__()
         self.n_events = n_events
-        self.time_logits = nn.Sequential(nn.Conv1d(in_channels, hidden, 3, padding=1), nn.GELU(),
+        self.time_logits = nn.Sequential(nn.Conv1d(in_channels + 1, hidden, 3, padding=1), nn.GELU(),
                                          nn.Conv1d(hidden, n_events, 1))
         self.bin_logits = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 1, 1))
         self.correction = nn.Linear(in_channels, 3)
@@ -115,7 +116,9 @@ class AttentionDOAHead(nn.Module):
     def forward(self, fmap, feats):
         B, _, T, M = feats.shape
         tmap = fmap.mean(dim=3)                                            # [B, C, T']
-        time = F.interpolate(self.time_logits(tmap), size=T, mode="linear", align_corners=False)
+        pos = torch.linspace(-1, 1, tmap.shape[2], device=tmap.device, dtype=tmap.dtype)
+        x = torch.cat([tmap, pos.expand(B, 1, -1)], dim=1)                # [B, C + 1, T']
+        time = F.interpolate(self.time_logits(x), size=T, mode="linear", align_corners=False)
         logits = time.unsqueeze(3) + self.bin_logits(feats[:, :4])         # [B, E, T, M]
         w = torch.softmax(logits.flatten(2).float(), dim=2).view(B, self.n_events, T, M)
         iv = torch.einsum("betm,bctm->bec", w, feats[:, 4:7].float())     # [B, E, 3]

@@ -4,6 +4,8 @@ batch["feats"] [B, 3, 7, T, M] (pos, neg_t, neg_s; 4 log-mels + 3 intensity
 channels) and 3 spatial + 3 plain captions per item ->
     audio    [B, 3, D]  triplet embedding: proj(cat(joint, temporal)), or the
                         joint embedding sed + w * doa without the temporal encoder
+                        (doa = projection of the pooled DOA map, plus one of the
+                        DOA head's directions with the attention head)
     sed      [B, 3, D]  semantic embedding (W log-mel branch)
     text     [B, 3, D]  spatial captions
     plain    [B, 3, D]  plain captions (for L_sem)
@@ -86,8 +88,13 @@ class SCLAP(nn.Module):
         if use_temporal_encoder:
             self.temporal = TemporalAudioEncoder(2 * C, embed_dim, n_chunks, temporal_layers, temporal_heads)
             self.final_audio_projection = nn.Linear(2 * embed_dim, embed_dim)
+        self.doa_dir_proj = None
         if doa_head == "attention":
             self.doa_head = AttentionDOAHead(C, n_events)
+            # The DOA embedding also sees the head's estimate (slot 0 = the earlier event):
+            # the attention head reads directions from the intensity vectors, so the
+            # branch's map is no longer forced to carry them on its own.
+            self.doa_dir_proj = nn.Linear(3 * n_events, embed_dim)
         elif doa_head == "mlp":
             self.doa_head = DOAHead(C, n_events, doa_time_steps, iv_skip=doa_iv_skip)
         else:
@@ -107,12 +114,16 @@ class SCLAP(nn.Module):
         sed_map = self.sed_branch(feats[:, :1])                # [N, C, T', M']
         doa_map = self.doa_branch(feats)                       # [N, C, T', M']
         sed = self.sed_proj(sed_map.mean(dim=(2, 3)))
-        joint = sed + self.w * self.doa_proj(doa_map.mean(dim=(2, 3)))
+        doa_dir = self.doa_head(doa_map, feats)                 # [N, n_events, 3]
+        doa = self.doa_proj(doa_map.mean(dim=(2, 3)))
+        if self.doa_dir_proj is not None:
+            doa = doa + self.doa_dir_proj(F.normalize(doa_dir, dim=-1).flatten(1))
+        joint = sed + self.w * doa
         audio = joint
         if self.temporal is not None:
             temporal = self.temporal(torch.cat([sed_map, doa_map], dim=1))
             audio = self.final_audio_projection(torch.cat([joint, temporal], dim=-1))
-        return {"audio": audio, "sed": sed, "joint": joint, "doa": self.doa_head(doa_map, feats)}
+        return {"audio": audio, "sed": sed, "joint": joint, "doa": doa_dir}
 
     def encode_text(self, captions):
         out = self.text_encoder(captions)

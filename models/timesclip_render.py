@@ -41,86 +41,145 @@ def chart_points(series, size=224, margin=None):
     return px, py
 
 
-def _seg_d2(px, py, j, cols, rows):
-    """Squared distance of pixel centres to segment j (per column).
-    px [T], py [N, T], j [W'] segment index per column, cols [W'] column
-    centres, rows [N, Hb, W'] row centres -> [N, Hb, W']."""
-    x0, x1 = px[j], px[j + 1]                                   # [W']
-    y0, y1 = py[:, j].unsqueeze(1), py[:, j + 1].unsqueeze(1)   # [N, 1, W']
-    ex, ey = x1 - x0, y1 - y0
-    rx, ry = cols - x0, rows - y0
-    u = ((rx * ex + ry * ey) / (ex * ex + ey * ey)).clamp(0, 1)
-    return (rx - u * ex) ** 2 + (ry - u * ey) ** 2
+def _column_segments(px, cols, reach):
+    """Per pixel column: the first segment whose x-range comes within ``reach``
+    of the column's centre, and how many do. px [T], cols [W] -> [W], [W]."""
+    first = torch.searchsorted(px[1:].contiguous(), cols - reach, right=True)
+    end = torch.searchsorted(px[:-1].contiguous(), cols + reach)
+    return first, end - first
 
 
-def _y_range(px, py, j, cols, reach):
-    """Min/max y of segment j over x in [col - reach, col + reach], [N, W']."""
-    x0, x1 = px[j], px[j + 1]
-    y0, y1 = py[:, j], py[:, j + 1]
-    xa = torch.minimum(torch.maximum(cols - reach, x0), x1)
-    xb = torch.minimum(torch.maximum(cols + reach, x0), x1)
-    ya = y0 + (y1 - y0) * (xa - x0) / (x1 - x0)
-    yb = y0 + (y1 - y0) * (xb - x0) / (x1 - x0)
-    return torch.minimum(ya, yb), torch.maximum(ya, yb)
+def _segment(px, py, j, cx, reach):
+    """Segment j [C] seen from column centres cx [C]: its start, x-extent,
+    y ends, and the rows it can ink: its capsule (points within ``reach``)
+    lies in the strip |y - yl| <= reach * sqrt(1 + slope^2) around its line
+    and in its bounding box grown by reach. -> dict of [C] / [N, C]."""
+    x0, ex = px[j], px[j + 1] - px[j]                             # [C]
+    y0, y1 = py[:, j], py[:, j + 1]                               # [N, C]
+    slope = (y1 - y0) / ex
+    yl = y0 + slope * (cx - x0)                                   # line's height at cx
+    h = reach * torch.sqrt(1 + slope * slope)
+    lo = torch.maximum(yl - h, torch.minimum(y0, y1) - reach)
+    hi = torch.minimum(yl + h, torch.maximum(y0, y1) + reach)
+    return dict(rx=cx - x0, ex=ex, y0=y0, ey=y1 - y0, slope=slope, yl=yl, lo=lo, hi=hi)
 
 
-def render_lines(series, colours, size=224, line_width=2.0, margin=None, out=None):
+def _draw_columns(px, py, c, first, n_seg, straight, reach, size, tile, ink, white):
+    """Ink of the columns c [C] (all with n_seg segments in reach), for every
+    chart, in tiles of ``tile`` rows: (first tile of each chart [N + 1],
+    pos [tile, Nt] into the [N, 3, H, W] canvas, vals [3, tile, Nt] float)."""
+    n, dev = py.shape[0], py.device
+    cx = c.float() + 0.5
+    segs = [_segment(px, py, first[c] + k, cx, reach) for k in range(n_seg)]
+    lo, hi = segs[0]["lo"], segs[0]["hi"]                        # [N, C]
+    for s in segs[1:]:
+        lo, hi = torch.minimum(lo, s["lo"]), torch.maximum(hi, s["hi"])
+    r0 = torch.ceil(lo - 0.5).clamp_(0, size - 1)                 # first and last pixel
+    r1 = torch.floor(hi - 0.5).clamp_(max=size - 1)               # centre inside the band
+    n_tile = torch.ceil((r1 - r0 + 1).clamp_(min=0) / tile).long()   # [N, C]
+    # Ragged in tiles: entry (chart, column) gets n_tile tiles of ``tile`` rows.
+    n_tile = n_tile.view(-1)                                      # [M]
+    te = torch.repeat_interleave(n_tile)                          # [Nt] entry of each tile
+    shape = (n, len(c))
+    base = torch.arange(n, device=dev)[:, None] * (3 * size * size) + c  # [N, C] pixel (chart, c, 0)
+    longs = torch.stack([base.view(-1), n_tile.cumsum(0) - n_tile]).index_select(1, te)  # [2, Nt]
+    if straight:
+        # Far from every knot: the distance to the segment is the distance to its line.
+        g = torch.rsqrt(1 + segs[0]["slope"] ** 2)                # |dy| -> distance
+        feats = [r0, segs[0]["yl"], g]
+    else:
+        feats = [r0] + [f for s in segs for f in
+                        (s["rx"].expand(shape), s["ex"].expand(shape), s["y0"], s["ey"])]
+    feats += [ink[:, k:k + 1].expand(shape) for k in range(3)]
+    f = torch.stack(feats).view(len(feats), -1).index_select(1, te)   # [F, Nt]
+    i = torch.arange(len(te), device=dev) - longs[1]             # tile within its entry
+    row0 = torch.minimum(f[0] + i * tile, torch.tensor(float(size - tile), device=dev))  # [Nt]
+    rows = torch.arange(tile, device=dev, dtype=torch.float32)[:, None]   # [tile, 1]
+    if straight:
+        z = torch.addcmul(((row0 + 0.5 - f[1]) * f[2])[None], rows, f[2][None])  # [tile, Nt]
+        cover = z.abs_().neg_().add_(reach).clamp_(0, 1)
+    else:
+        d2 = None
+        y = rows + (row0 + 0.5)[None]                            # [tile, Nt] pixel centres
+        for k in range(n_seg):
+            rx, ex, y0, ey = f[1 + 4 * k:5 + 4 * k]
+            inv = 1 / (ex * ex + ey * ey)
+            ry = y - y0
+            u = torch.addcmul((rx * ex * inv)[None], ry, (ey * inv)[None]).clamp_(0, 1)  # nearest point
+            dx, dy = torch.addcmul(rx[None], u, -ex[None]), torch.addcmul(ry, u, -ey[None])
+            dk = dx.mul_(dx).addcmul_(dy, dy)
+            d2 = dk if d2 is None else torch.minimum(d2, dk)
+        cover = d2.sqrt_().neg_().add_(reach).clamp_(0, 1)        # [tile, Nt]
+    vals = torch.addcmul(torch.tensor(white, device=dev), cover[None], f[-3:, None])  # [3, tile, Nt]
+    pos = longs[0] + row0.long() * size                          # [Nt] top pixel of each tile
+    starts = torch.cat([n_tile.new_zeros(1), n_tile.view(shape).sum(1).cumsum(0)])  # [N + 1]
+    return starts, pos, vals
+
+
+def render_lines(series, colours, size=224, line_width=2.0, margin=None, out=None,
+                 dtype=torch.float32, tile=4, cache_bytes=4 << 20):
     """series [N, T] float, colours [N, 3] in [0, 1] -> images [N, 3, size, size]
-    in [0, 1] (white background). ``out``: a buffer to draw into (reusing it
-    spares the page faults of a fresh allocation, which cost as much as the
-    drawing on CPU)."""
+    on white: float in [0, 1], or ``dtype=torch.uint8`` in 0..255 (as an image
+    file holds it; 4x less memory to write). ``out``: a contiguous buffer to
+    draw into (reusing it spares the page faults of a fresh allocation)."""
     series = series.float()
     n, t = series.shape
     dev = series.device
     margin = size / 28 if margin is None else margin
     px, py = chart_points(series, size, margin)                 # [T], [N, T]
     reach = line_width / 2 + 0.5                                # coverage > 0 within this distance
-    dx = (size - 2 * margin) / (t - 1)
+    tile = min(tile, size)
     cols = torch.arange(size, device=dev, dtype=torch.float32) + 0.5
-    k = ((cols - margin) / dx).floor().clamp(0, t - 2).long()  # [W] segment under each column
-    # Neighbouring segments matter only for columns near a knot (joints, the
-    # line's width); the same columns for every chart since x is shared.
-    near = [(k - 1, (cols - px[k] < reach + 0.5) & (k > 0)),
-            (k + 1, (px[k + 1] - cols < reach + 0.5) & (k < t - 2))]
-    # Rows that can be inked: a band per column around the line.
-    lo, hi = _y_range(px, py, k, cols, reach + 0.5)            # [N, W]
-    for j, m in near:
-        jl, jh = _y_range(px, py, j.clamp(0, t - 2), cols, reach + 0.5)
-        lo = torch.where(m, torch.minimum(lo, jl), lo)
-        hi = torch.where(m, torch.maximum(hi, jh), hi)
-    band = min(size, int((hi - lo).max().item() + 2 * reach + 3))
-    start = (lo - reach - 1).floor().clamp(0, size - band).long()      # [N, W]
-    ridx = start.unsqueeze(1) + torch.arange(band, device=dev).view(1, band, 1)  # [N, Hb, W]
-    rows = ridx.float() + 0.5
-    d2 = _seg_d2(px, py, k, cols, rows)                         # [N, Hb, W]
-    for j, m in near:
-        c = m.nonzero().squeeze(1)
+    first, n_seg = _column_segments(px, cols, reach)            # [W], [W]
+    j = first.clamp(max=t - 2)
+    straight = (n_seg == 1) & (cols >= px[j] + reach) & (cols <= px[j + 1] - reach)
+    groups = [(straight.nonzero().squeeze(1), 1, True)]
+    for s in n_seg[~straight & (n_seg > 0)].unique().tolist():
+        groups.append((((n_seg == s) & ~straight).nonzero().squeeze(1), s, False))
+    white = 255.0 if dtype == torch.uint8 else 1.0
+    ink = (colours.to(dev, torch.float32) - 1) * white          # [N, 3], <= 0
+    parts = []
+    for c, s, is_straight in groups:
         if len(c):
-            d2[:, :, c] = torch.minimum(d2[:, :, c], _seg_d2(px, py, j[c], cols[c], rows[:, :, c]))
-    cover_band = (line_width / 2 + 0.5 - d2.sqrt()).clamp(0, 1)   # [N, Hb, W]
-    # Only the band was computed; the rest of the canvas has no ink.
-    cover = torch.zeros(n, size, size, device=dev).scatter_(1, ridx, cover_band)  # [N, H, W]
-    ink = colours.to(dev, torch.float32) - 1                      # [N, 3], <= 0
+            starts, pos, vals = _draw_columns(px, py, c, first, s, is_straight, reach, size,
+                                              tile, ink, white + 0.5 if dtype == torch.uint8 else white)
+            if dtype == torch.uint8:                            # +0.5 then truncation: rounding
+                vals = vals.to(torch.int32).to(torch.uint8)
+            parts.append((starts.tolist(), pos.expand(3, tile, -1), vals))
     if out is None:
-        out = torch.empty(n, 3, size, size, device=dev)
-    # White minus ink, in one pass over the 3-channel canvas.
-    return torch.addcmul(torch.ones((), device=dev), cover.unsqueeze(1), ink.view(n, 3, 1, 1), out=out)
+        out = torch.empty(n, 3, size, size, device=dev, dtype=dtype)
+    hw = size * size
+    # A view of the canvas whose [k, r, p] is pixel p + r rows down in channel k, so
+    # one scatter writes every channel and row of a tile from its top pixel alone.
+    tiles = out.view(-1).as_strided((3, tile, out.numel() - 2 * hw - (tile - 1) * size),
+                                    (hw, size, 1))
+    # Whiten and ink a few charts at a time, so the scatter hits a canvas in cache.
+    step = max(1, cache_bytes // (3 * hw * out.element_size()))
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        out[a:b].fill_(white)
+        for starts, pos, vals in parts:
+            tiles.scatter_(2, pos[..., starts[a]:starts[b]], vals[..., starts[a]:starts[b]])
+    return out
 
 
-def render_variates(x, size=224, line_width=2.0, margin=None, chunk=64, out=None):
-    """x [B, T, V] -> images [B, V, 3, size, size], variate v in colour v.
-    ``out``: optional buffer with at least B*V*3*size*size elements."""
+def render_variates(x, size=224, line_width=2.0, margin=None, chunk=512, out=None,
+                    dtype=torch.float32):
+    """x [B, T, V] -> images [B, V, 3, size, size] (float in [0, 1] or uint8),
+    variate v in colour v. ``out``: optional buffer of ``dtype`` with at least
+    B*V*3*size*size elements. ``chunk`` charts per call bounds the scratch memory."""
     b, t, v = x.shape
     series = x.permute(0, 2, 1).reshape(b * v, t)                    # [B*V, T]
     colours = torch.tensor(VARIATE_COLOURS, device=x.device)[torch.arange(v, device=x.device) % 7]
     colours = colours.repeat(b, 1)                                   # [B*V, 3]
     n = b * v
-    if out is None or out.numel() < n * 3 * size * size or out.device != x.device:
-        out = torch.empty(n * 3 * size * size, device=x.device)
+    if (out is None or out.numel() < n * 3 * size * size or out.device != x.device
+            or out.dtype != dtype):
+        out = torch.empty(n * 3 * size * size, device=x.device, dtype=dtype)
     imgs = out.view(-1)[: n * 3 * size * size].view(n, 3, size, size)
     for i in range(0, n, chunk):
         render_lines(series[i:i + chunk], colours[i:i + chunk], size, line_width, margin,
-                     out=imgs[i:i + chunk])
+                     out=imgs[i:i + chunk], dtype=dtype)
     return imgs.view(b, v, 3, size, size)
 
 
