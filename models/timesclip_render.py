@@ -50,10 +50,10 @@ def _column_segments(px, cols, reach):
 
 
 def _segment(px, py, j, cx, reach):
-    """Segment j [C] seen from column centres cx [C]: its start, x-extent,
-    y ends, and the rows it can ink: its capsule (points within ``reach``)
-    lies in the strip |y - yl| <= reach * sqrt(1 + slope^2) around its line
-    and in its bounding box grown by reach. -> dict of [C] / [N, C]."""
+    """Segment j [C] seen from column centres cx [C]: the rows it can ink, [N, C]
+    each. Its capsule (the points within ``reach``) lies in the strip |y - yl|
+    <= reach * sqrt(1 + slope^2) around its line, and in its bounding box grown
+    by reach."""
     x0, ex = px[j], px[j + 1] - px[j]                             # [C]
     y0, y1 = py[:, j], py[:, j + 1]                               # [N, C]
     slope = (y1 - y0) / ex
@@ -64,64 +64,84 @@ def _segment(px, py, j, cx, reach):
     return dict(rx=cx - x0, ex=ex, y0=y0, ey=y1 - y0, slope=slope, yl=yl, lo=lo, hi=hi)
 
 
-def _draw_columns(px, py, c, first, n_seg, straight, reach, size, tile, ink, white):
-    """Ink of the columns c [C] (all with n_seg segments in reach), for every
-    chart, in tiles of ``tile`` rows: (first tile of each chart [N + 1],
-    pos [tile, Nt] into the [N, 3, H, W] canvas, vals [3, tile, Nt] float)."""
-    n, dev = py.shape[0], py.device
-    cx = c.float() + 0.5
-    segs = [_segment(px, py, first[c] + k, cx, reach) for k in range(n_seg)]
-    lo, hi = segs[0]["lo"], segs[0]["hi"]                        # [N, C]
-    for s in segs[1:]:
-        lo, hi = torch.minimum(lo, s["lo"]), torch.maximum(hi, s["hi"])
-    r0 = torch.ceil(lo - 0.5).clamp_(0, size - 1)                 # first and last pixel
-    r1 = torch.floor(hi - 0.5).clamp_(max=size - 1)               # centre inside the band
-    n_tile = torch.ceil((r1 - r0 + 1).clamp_(min=0) / tile).long()   # [N, C]
-    # Ragged in tiles: entry (chart, column) gets n_tile tiles of ``tile`` rows.
-    n_tile = n_tile.view(-1)                                      # [M]
-    te = torch.repeat_interleave(n_tile)                          # [Nt] entry of each tile
-    shape = (n, len(c))
-    base = torch.arange(n, device=dev)[:, None] * (3 * size * size) + c  # [N, C] pixel (chart, c, 0)
-    longs = torch.stack([base.view(-1), n_tile.cumsum(0) - n_tile]).index_select(1, te)  # [2, Nt]
-    if straight:
-        # Far from every knot: the distance to the segment is the distance to its line.
-        g = torch.rsqrt(1 + segs[0]["slope"] ** 2)                # |dy| -> distance
-        feats = [r0, segs[0]["yl"], g]
-    else:
-        feats = [r0] + [f for s in segs for f in
-                        (s["rx"].expand(shape), s["ex"].expand(shape), s["y0"], s["ey"])]
-    feats += [ink[:, k:k + 1].expand(shape) for k in range(3)]
-    f = torch.stack(feats).view(len(feats), -1).index_select(1, te)   # [F, Nt]
-    i = torch.arange(len(te), device=dev) - longs[1]             # tile within its entry
-    row0 = torch.minimum(f[0] + i * tile, torch.tensor(float(size - tile), device=dev))  # [Nt]
-    rows = torch.arange(tile, device=dev, dtype=torch.float32)[:, None]   # [tile, 1]
-    if straight:
-        z = torch.addcmul(((row0 + 0.5 - f[1]) * f[2])[None], rows, f[2][None])  # [tile, Nt]
-        cover = z.abs_().neg_().add_(reach).clamp_(0, 1)
-    else:
-        d2 = None
-        y = rows + (row0 + 0.5)[None]                            # [tile, Nt] pixel centres
-        for k in range(n_seg):
-            rx, ex, y0, ey = f[1 + 4 * k:5 + 4 * k]
-            inv = 1 / (ex * ex + ey * ey)
-            ry = y - y0
-            u = torch.addcmul((rx * ex * inv)[None], ry, (ey * inv)[None]).clamp_(0, 1)  # nearest point
-            dx, dy = torch.addcmul(rx[None], u, -ex[None]), torch.addcmul(ry, u, -ey[None])
-            dk = dx.mul_(dx).addcmul_(dy, dy)
-            d2 = dk if d2 is None else torch.minimum(d2, dk)
-        cover = d2.sqrt_().neg_().add_(reach).clamp_(0, 1)        # [tile, Nt]
-    vals = torch.addcmul(torch.tensor(white, device=dev), cover[None], f[-3:, None])  # [3, tile, Nt]
-    pos = longs[0] + row0.long() * size                          # [Nt] top pixel of each tile
-    starts = torch.cat([n_tile.new_zeros(1), n_tile.view(shape).sum(1).cumsum(0)])  # [N + 1]
-    return starts, pos, vals
+class _Columns:
+    """A set of pixel columns c [C] drawn the same way, for all N charts:
+    ``straight`` columns are at least ``reach`` from every knot, so one segment
+    inks them and its distance is the distance to its line; the others (joints,
+    the line's ends) take the exact distance to each of their n_seg segments.
+    Per entry (chart, column) [N, C]: its first inked row r0, tiles n_tile, and
+    the per-tile features drawing needs."""
+
+    def __init__(self, px, py, c, first, n_seg, straight, reach, size, tile):
+        n = py.shape[0]
+        cx = c.float() + 0.5
+        last = first[c] + n_seg[c] - 1                            # joints: pad to n_seg.max()
+        segs = [_segment(px, py, torch.minimum(first[c] + k, last), cx, reach)
+                for k in range(int(n_seg[c].max()))]
+        lo, hi = segs[0]["lo"], segs[0]["hi"]                    # [N, C]
+        for sg in segs[1:]:
+            lo, hi = torch.minimum(lo, sg["lo"]), torch.maximum(hi, sg["hi"])
+        self.r0 = torch.ceil(lo - 0.5).clamp_(0, size - 1)        # first and last pixel
+        r1 = torch.floor(hi - 0.5).clamp_(max=size - 1)           # centre inside the band
+        self.n_tile = torch.ceil((r1 - self.r0 + 1).clamp_(min=0) / tile).long()   # [N, C]
+        if straight:
+            g = torch.rsqrt(1 + segs[0]["slope"] ** 2)            # vertical offset -> distance
+            self.feats = [segs[0]["yl"], g]
+        else:
+            self.feats = []
+            for sg in segs:
+                inv = 1 / (sg["ex"] ** 2 + sg["ey"] ** 2)
+                self.feats += [(sg["rx"] * sg["ex"] * inv).expand(n, -1), sg["ey"] * inv,
+                               sg["rx"].expand(n, -1), sg["ex"].expand(n, -1), sg["y0"], sg["ey"]]
+        self.c, self.straight, self.n_seg = c, straight, len(segs)
+
+    def draw(self, a, b, ink, white, reach, size, tile, dtype):
+        """Ink of charts a..b-1, in tiles of ``tile`` rows: top pixel of each tile
+        pos [Nt] in their [b - a, 3, H, W] canvas, its values vals [3, tile, Nt] in
+        ``dtype``, and where each chart's tiles start ([b - a + 1] list)."""
+        dev = ink.device
+        n_tile = self.n_tile[a:b].reshape(-1)                     # [M] entries of this block
+        te = torch.repeat_interleave(n_tile)                      # [Nt] entry of each tile
+        # Tile k of an entry starts k * tile rows below r0 (kept inside the canvas).
+        shift = self.r0[a:b].reshape(-1) - (n_tile.cumsum(0) - n_tile) * tile
+        feats = [shift] + [f[a:b].reshape(-1) for f in self.feats]
+        feats += [ink[a:b, k:k + 1].expand(-1, len(self.c)).reshape(-1) for k in range(3)]
+        f = torch.stack(feats).index_select(1, te)                # [F, Nt]
+        row0 = torch.arange(len(te), device=dev, dtype=torch.float32).mul_(tile).add_(f[0])
+        row0 = row0.clamp_(max=size - tile)                       # [Nt]
+        rows = torch.arange(tile, device=dev, dtype=torch.float32)[:, None]   # [tile, 1]
+        if self.straight:
+            yl, g = f[1], f[2]
+            z = torch.addcmul(((row0 + 0.5 - yl) * g)[None], rows, g[None])  # [tile, Nt]
+            cover = z.abs_().neg_().add_(reach).clamp_(0, 1)
+        else:
+            y = rows + (row0 + 0.5)[None]                         # [tile, Nt] pixel centres
+            d2 = None
+            for k in range(self.n_seg):
+                a0, b0, rx, ex, y0, ey = (v[None] for v in f[1 + 6 * k:7 + 6 * k])
+                ry = y - y0
+                u = torch.addcmul(a0, ry, b0).clamp_(0, 1)         # nearest point on the segment
+                dx, dy = torch.addcmul(rx, u, -ex), torch.addcmul(ry, u, -ey)
+                dk = dx.mul_(dx).addcmul_(dy, dy)
+                d2 = dk if d2 is None else torch.minimum(d2, dk)
+            cover = d2.sqrt_().neg_().add_(reach).clamp_(0, 1)    # [tile, Nt]
+        vals = torch.addcmul(torch.tensor(white, device=dev), cover[None], f[-3:, None])  # [3, tile, Nt]
+        if dtype == torch.uint8:                          # +0.5 then truncation: rounding
+            vals = vals.add_(0.5).to(torch.int32).to(torch.uint8)
+        c = torch.arange(b - a, device=dev)[:, None] * (3 * size * size) + self.c    # [b - a, C]
+        pos = c.view(-1).index_select(0, te).add_(row0.long() * size)    # [Nt] top pixel of each tile
+        starts = torch.cat([n_tile.new_zeros(1), self.n_tile[a:b].sum(1).cumsum(0)])  # [b - a + 1]
+        return pos, vals, starts.tolist()
 
 
 def render_lines(series, colours, size=224, line_width=2.0, margin=None, out=None,
-                 dtype=torch.float32, tile=4, cache_bytes=4 << 20):
+                 dtype=torch.float32, tile=4, block=64, cache_bytes=1 << 19):
     """series [N, T] float, colours [N, 3] in [0, 1] -> images [N, 3, size, size]
-    on white: float in [0, 1], or ``dtype=torch.uint8`` in 0..255 (as an image
-    file holds it; 4x less memory to write). ``out``: a contiguous buffer to
-    draw into (reusing it spares the page faults of a fresh allocation)."""
+    on white: float in [0, 1], or ``dtype=torch.uint8`` in 0..255 (as image
+    files hold them; a quarter of the memory to write). ``out``: a contiguous
+    buffer to draw into (reusing it spares the page faults of a fresh
+    allocation). Charts are computed ``block`` at a time (bounds the scratch
+    memory) and written ``cache_bytes`` of canvas at a time."""
     series = series.float()
     n, t = series.shape
     dev = series.device
@@ -133,33 +153,29 @@ def render_lines(series, colours, size=224, line_width=2.0, margin=None, out=Non
     first, n_seg = _column_segments(px, cols, reach)            # [W], [W]
     j = first.clamp(max=t - 2)
     straight = (n_seg == 1) & (cols >= px[j] + reach) & (cols <= px[j + 1] - reach)
-    groups = [(straight.nonzero().squeeze(1), 1, True)]
-    for s in n_seg[~straight & (n_seg > 0)].unique().tolist():
-        groups.append((((n_seg == s) & ~straight).nonzero().squeeze(1), s, False))
+    groups = [_Columns(px, py, c, first, n_seg, s, reach, size, tile)
+              for c, s in ((straight.nonzero().squeeze(1), True),
+                           ((~straight & (n_seg > 0)).nonzero().squeeze(1), False)) if len(c)]
     white = 255.0 if dtype == torch.uint8 else 1.0
     ink = (colours.to(dev, torch.float32) - 1) * white          # [N, 3], <= 0
-    parts = []
-    for c, s, is_straight in groups:
-        if len(c):
-            starts, pos, vals = _draw_columns(px, py, c, first, s, is_straight, reach, size,
-                                              tile, ink, white + 0.5 if dtype == torch.uint8 else white)
-            if dtype == torch.uint8:                            # +0.5 then truncation: rounding
-                vals = vals.to(torch.int32).to(torch.uint8)
-            parts.append((starts.tolist(), pos.expand(3, tile, -1), vals))
     if out is None:
         out = torch.empty(n, 3, size, size, device=dev, dtype=dtype)
     hw = size * size
-    # A view of the canvas whose [k, r, p] is pixel p + r rows down in channel k, so
-    # one scatter writes every channel and row of a tile from its top pixel alone.
-    tiles = out.view(-1).as_strided((3, tile, out.numel() - 2 * hw - (tile - 1) * size),
-                                    (hw, size, 1))
-    # Whiten and ink a few charts at a time, so the scatter hits a canvas in cache.
     step = max(1, cache_bytes // (3 * hw * out.element_size()))
-    for a in range(0, n, step):
-        b = min(a + step, n)
-        out[a:b].fill_(white)
-        for starts, pos, vals in parts:
-            tiles.scatter_(2, pos[..., starts[a]:starts[b]], vals[..., starts[a]:starts[b]])
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        parts = [g.draw(a, b, ink, white, reach, size, tile, dtype) for g in groups]
+        # A view of the canvas whose [k, r, p] is pixel p + r rows down in channel k: one
+        # scatter writes every channel and row of a tile from its top pixel alone.
+        canvas = out[a:b].view(-1)
+        tiles = canvas.as_strided((3, tile, canvas.numel() - 2 * hw - (tile - 1) * size),
+                                  (hw, size, 1))
+        # Whiten and ink a few charts at a time, so the scatter hits a canvas in cache.
+        for i in range(0, b - a, step):
+            out[a + i:a + i + step].fill_(white)
+            for pos, vals, starts in parts:
+                t0, t1 = starts[i], starts[min(i + step, b - a)]
+                tiles.scatter_(2, pos[t0:t1].expand(3, tile, -1), vals[..., t0:t1])
     return out
 
 
