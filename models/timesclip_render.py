@@ -8,12 +8,35 @@ each variate in its own window scale), a margin of ``margin`` pixels
 (r, c) has its centre at (c + 0.5, r + 0.5); point t sits at
 x = margin + t * (W - 2 margin) / (T - 1), y = H - margin - v * (H - 2 margin).
 
-The torch rasteriser needs no per-segment loop: with evenly spaced points the
-segment under a pixel column is known (floor of its x), so each pixel only
-measures its distance to that segment and its two neighbours (which covers
-joints and the line's width), and the coverage is the anti-aliased
-``clamp(width / 2 + 0.5 - distance, 0, 1)``.
+The torch rasteriser computes each pixel's anti-aliased coverage
+``clamp(reach - distance, 0, 1)`` (distance to the polyline, reach = width / 2
++ 0.5) only where it can be non-zero, about 4 % of the canvas at 224 px:
+
+1. Columns. With evenly spaced points, the segments within reach of a pixel
+   column follow from x alone, the same for every chart. A column at least
+   reach from every knot is "straight": one segment inks it and the distance
+   is the distance to its line, |y - yl| * g (yl: the line's height there,
+   g = 1 / sqrt(1 + slope^2)). The other columns (joints, the line's ends)
+   take the exact distance to each segment in reach.
+2. Rows. For each (chart, column) entry the rows that can be inked form one
+   interval: the strip |y - yl| < reach / g around the line, cut to the
+   segment's bounding box grown by reach (a union over segments at joints).
+3. Ragged tiles. Each entry gets ceil(rows / 4) tiles of 4 rows
+   (``repeat_interleave`` over the counts); coverage and the three channel
+   values are computed for all tiles at once, [3, 4, tiles], and one scatter
+   into a strided view of the canvas (element [k, r, p] = pixel p + r rows
+   down in channel k) writes every channel and row of a tile from its top
+   pixel alone.
+4. The canvas is whitened and inked a few charts at a time, so the scatter
+   writes into cache rather than memory.
+
+``dtype=torch.uint8`` gives 0..255 images (as image files and matplotlib's
+own buffer hold them; a quarter of the memory to write); float [0, 1] is what
+the model consumes. Both equal a brute-force distance field over every pixel
+and segment (tests/test_timesclip_render.py).
 """
+import sys
+
 import numpy as np
 import torch
 
@@ -49,73 +72,81 @@ def _column_segments(px, cols, reach):
     return first, end - first
 
 
-def _segment(px, py, j, cx, reach):
-    """Segment j [C] seen from column centres cx [C]: the rows it can ink, [N, C]
-    each. Its capsule (the points within ``reach``) lies in the strip |y - yl|
-    <= reach * sqrt(1 + slope^2) around its line, and in its bounding box grown
-    by reach."""
+def _segment(px, py, j, cx, reach, straight):
+    """Segment j [C] seen from column centres cx [C], and the rows it can ink
+    there, [N, C] each. Its capsule (the points within ``reach``) lies in the
+    strip |y - yl| <= reach * sqrt(1 + slope^2) = reach / g around its line
+    (exactly so in a ``straight`` column), and in its bounding box grown by
+    reach."""
     x0, ex = px[j], px[j + 1] - px[j]                             # [C]
     y0, y1 = py[:, j], py[:, j + 1]                               # [N, C]
     slope = (y1 - y0) / ex
     yl = y0 + slope * (cx - x0)                                   # line's height at cx
-    h = reach * torch.sqrt(1 + slope * slope)
-    lo = torch.maximum(yl - h, torch.minimum(y0, y1) - reach)
-    hi = torch.minimum(yl + h, torch.maximum(y0, y1) + reach)
-    return dict(rx=cx - x0, ex=ex, y0=y0, ey=y1 - y0, slope=slope, yl=yl, lo=lo, hi=hi)
+    g = torch.rsqrt(1 + slope * slope)                            # vertical offset -> distance
+    h = reach / g
+    lo, hi = yl - h, yl + h
+    if not straight:
+        lo = torch.maximum(lo, torch.minimum(y0, y1) - reach)
+        hi = torch.minimum(hi, torch.maximum(y0, y1) + reach)
+    return dict(rx=cx - x0, ex=ex, y0=y0, ey=y1 - y0, g=g, yl=yl, lo=lo, hi=hi)
 
 
 class _Columns:
-    """A set of pixel columns c [C] drawn the same way, for all N charts:
-    ``straight`` columns are at least ``reach`` from every knot, so one segment
-    inks them and its distance is the distance to its line; the others (joints,
-    the line's ends) take the exact distance to each of their n_seg segments.
-    Per entry (chart, column) [N, C]: its first inked row r0, tiles n_tile, and
-    the per-tile features drawing needs."""
+    """A set of pixel columns c [C], drawn the same way for all N charts, in
+    tiles of ``tile`` rows. ``straight`` columns are at least ``reach`` from
+    every knot: one segment inks them and its distance is the distance to its
+    line. The others (joints, the line's ends) take the exact distance to each
+    segment in reach. Everything per entry (chart, column) is computed here
+    once; ``draw`` expands one block of charts into tiles."""
 
-    def __init__(self, px, py, c, first, n_seg, straight, reach, size, tile):
+    def __init__(self, px, py, c, first, n_seg, straight, reach, size, tile, ink, block):
         n = py.shape[0]
         cx = c.float() + 0.5
         last = first[c] + n_seg[c] - 1                            # joints: pad to n_seg.max()
-        segs = [_segment(px, py, torch.minimum(first[c] + k, last), cx, reach)
+        segs = [_segment(px, py, torch.minimum(first[c] + k, last), cx, reach, straight)
                 for k in range(int(n_seg[c].max()))]
         lo, hi = segs[0]["lo"], segs[0]["hi"]                    # [N, C]
         for sg in segs[1:]:
             lo, hi = torch.minimum(lo, sg["lo"]), torch.maximum(hi, sg["hi"])
-        self.r0 = torch.ceil(lo - 0.5).clamp_(0, size - 1)        # first and last pixel
+        r0 = torch.ceil(lo - 0.5).clamp_(0, size - 1)             # first and last pixel
         r1 = torch.floor(hi - 0.5).clamp_(max=size - 1)           # centre inside the band
-        self.n_tile = torch.ceil((r1 - self.r0 + 1).clamp_(min=0) / tile).long()   # [N, C]
+        n_tile = torch.ceil((r1 - r0 + 1).clamp_(min=0) / tile).long()   # [N, C]
+        # Tile k of its block starts at row k * tile + shift (k counts the block's tiles).
+        before = n_tile.view(-1).cumsum(0).view(n, -1) - n_tile   # tiles before each entry
+        block_first = before[torch.arange(n, device=c.device) // block * block, :1]
+        shift = r0 - (before - block_first) * tile
         if straight:
-            g = torch.rsqrt(1 + segs[0]["slope"] ** 2)            # vertical offset -> distance
-            self.feats = [segs[0]["yl"], g]
+            feats = [segs[0]["yl"] - 0.5, segs[0]["g"]]           # (pixel centres at row + 0.5)
         else:
-            self.feats = []
+            feats = []
             for sg in segs:
                 inv = 1 / (sg["ex"] ** 2 + sg["ey"] ** 2)
-                self.feats += [(sg["rx"] * sg["ex"] * inv).expand(n, -1), sg["ey"] * inv,
-                               sg["rx"].expand(n, -1), sg["ex"].expand(n, -1), sg["y0"], sg["ey"]]
+                feats += [sg["rx"] * sg["ex"] * inv, sg["ey"] * inv, sg["rx"], sg["ex"],
+                          sg["y0"] - 0.5, sg["ey"]]
+        feats = [shift] + feats + list(ink.T[:, :, None])         # ink [3, N, 1] last
+        self.feats = torch.stack(torch.broadcast_tensors(*feats)).view(len(feats), -1)  # [F, N*C]
+        self.n_tile = n_tile.view(-1)                             # [N*C]
+        chart = torch.arange(n, device=c.device)[:, None] % block  # chart within its block
+        self.top = (chart * (3 * size * size) + c).view(-1)      # [N*C] its (row 0) pixel
+        self.tiles_before = [0] + n_tile.sum(1).cumsum(0).tolist()   # per chart, [N + 1]
         self.c, self.straight, self.n_seg = c, straight, len(segs)
 
-    def draw(self, a, b, ink, white, reach, size, tile, dtype):
-        """Ink of charts a..b-1, in tiles of ``tile`` rows: top pixel of each tile
-        pos [Nt] in their [b - a, 3, H, W] canvas, its values vals [3, tile, Nt] in
-        ``dtype``, and where each chart's tiles start ([b - a + 1] list)."""
-        dev = ink.device
-        n_tile = self.n_tile[a:b].reshape(-1)                     # [M] entries of this block
-        te = torch.repeat_interleave(n_tile)                      # [Nt] entry of each tile
-        # Tile k of an entry starts k * tile rows below r0 (kept inside the canvas).
-        shift = self.r0[a:b].reshape(-1) - (n_tile.cumsum(0) - n_tile) * tile
-        feats = [shift] + [f[a:b].reshape(-1) for f in self.feats]
-        feats += [ink[a:b, k:k + 1].expand(-1, len(self.c)).reshape(-1) for k in range(3)]
-        f = torch.stack(feats).index_select(1, te)                # [F, Nt]
+    def draw(self, a, b, reach, size, tile, white, dtype):
+        """Charts a..b-1 (one block) as tiles: top pixel of each, pos [Nt], in
+        the block's [b - a, 3, H, W] canvas, and its values vals [3, tile, Nt]."""
+        dev = self.feats.device
+        e = slice(a * len(self.c), b * len(self.c))
+        te = torch.repeat_interleave(self.n_tile[e])              # [Nt] entry of each tile
+        f = self.feats[:, e].index_select(1, te)                  # [F, Nt]
         row0 = torch.arange(len(te), device=dev, dtype=torch.float32).mul_(tile).add_(f[0])
-        row0 = row0.clamp_(max=size - tile)                       # [Nt]
+        row0 = row0.clamp_(max=size - tile)                       # [Nt] (kept inside the canvas)
         rows = torch.arange(tile, device=dev, dtype=torch.float32)[:, None]   # [tile, 1]
         if self.straight:
             yl, g = f[1], f[2]
-            z = torch.addcmul(((row0 + 0.5 - yl) * g)[None], rows, g[None])  # [tile, Nt]
-            cover = z.abs_().neg_().add_(reach).clamp_(0, 1)
+            z = torch.addcmul(((row0 - yl) * g)[None], rows, g[None])   # [tile, Nt]
+            cover = torch.rsub(z.abs_(), reach).clamp_(0, 1)
         else:
-            y = rows + (row0 + 0.5)[None]                         # [tile, Nt] pixel centres
+            y = rows + row0[None]                                 # [tile, Nt]
             d2 = None
             for k in range(self.n_seg):
                 a0, b0, rx, ex, y0, ey = (v[None] for v in f[1 + 6 * k:7 + 6 * k])
@@ -125,23 +156,27 @@ class _Columns:
                 dk = dx.mul_(dx).addcmul_(dy, dy)
                 d2 = dk if d2 is None else torch.minimum(d2, dk)
             cover = d2.sqrt_().neg_().add_(reach).clamp_(0, 1)    # [tile, Nt]
-        vals = torch.addcmul(torch.tensor(white, device=dev), cover[None], f[-3:, None])  # [3, tile, Nt]
-        if dtype == torch.uint8:                          # +0.5 then truncation: rounding
-            vals = vals.add_(0.5).to(torch.int32).to(torch.uint8)
-        c = torch.arange(b - a, device=dev)[:, None] * (3 * size * size) + self.c    # [b - a, C]
-        pos = c.view(-1).index_select(0, te).add_(row0.long() * size)    # [Nt] top pixel of each tile
-        starts = torch.cat([n_tile.new_zeros(1), self.n_tile[a:b].sum(1).cumsum(0)])  # [b - a + 1]
-        return pos, vals, starts.tolist()
+        if dtype == torch.uint8:
+            # Adding 2^23 rounds to an integer, which float32 then holds in its low
+            # mantissa bits: the low byte of each float is the rounded 0..255 value,
+            # read in place instead of converted.
+            vals = torch.addcmul(torch.tensor(2.0 ** 23 + white, device=dev), cover[None], f[-3:, None])
+            low = 0 if sys.byteorder == "little" else 3
+            vals = vals.view(torch.uint8)[..., low::4]            # [3, tile, Nt]
+        else:
+            vals = torch.addcmul(torch.tensor(white, device=dev), cover[None], f[-3:, None])
+        pos = self.top[e].index_select(0, te).add_(row0.long().mul_(size))   # [Nt]
+        return pos, vals
 
 
 def render_lines(series, colours, size=224, line_width=2.0, margin=None, out=None,
-                 dtype=torch.float32, tile=4, block=64, cache_bytes=1 << 19):
+                 dtype=torch.float32, tile=4, block=64, cache_bytes=4 << 20):
     """series [N, T] float, colours [N, 3] in [0, 1] -> images [N, 3, size, size]
     on white: float in [0, 1], or ``dtype=torch.uint8`` in 0..255 (as image
     files hold them; a quarter of the memory to write). ``out``: a contiguous
     buffer to draw into (reusing it spares the page faults of a fresh
-    allocation). Charts are computed ``block`` at a time (bounds the scratch
-    memory) and written ``cache_bytes`` of canvas at a time."""
+    allocation). Charts are expanded into tiles ``block`` at a time (bounds the
+    scratch memory) and written ``cache_bytes`` of canvas at a time."""
     series = series.float()
     n, t = series.shape
     dev = series.device
@@ -153,28 +188,29 @@ def render_lines(series, colours, size=224, line_width=2.0, margin=None, out=Non
     first, n_seg = _column_segments(px, cols, reach)            # [W], [W]
     j = first.clamp(max=t - 2)
     straight = (n_seg == 1) & (cols >= px[j] + reach) & (cols <= px[j + 1] - reach)
-    groups = [_Columns(px, py, c, first, n_seg, s, reach, size, tile)
-              for c, s in ((straight.nonzero().squeeze(1), True),
-                           ((~straight & (n_seg > 0)).nonzero().squeeze(1), False)) if len(c)]
     white = 255.0 if dtype == torch.uint8 else 1.0
     ink = (colours.to(dev, torch.float32) - 1) * white          # [N, 3], <= 0
+    groups = [_Columns(px, py, c, first, n_seg, s, reach, size, tile, ink, block)
+              for c, s in ((straight.nonzero().squeeze(1), True),
+                           ((~straight & (n_seg > 0)).nonzero().squeeze(1), False)) if len(c)]
     if out is None:
         out = torch.empty(n, 3, size, size, device=dev, dtype=dtype)
     hw = size * size
     step = max(1, cache_bytes // (3 * hw * out.element_size()))
     for a in range(0, n, block):
         b = min(a + block, n)
-        parts = [g.draw(a, b, ink, white, reach, size, tile, dtype) for g in groups]
+        parts = [(g.draw(a, b, reach, size, tile, white, dtype), g.tiles_before) for g in groups]
         # A view of the canvas whose [k, r, p] is pixel p + r rows down in channel k: one
         # scatter writes every channel and row of a tile from its top pixel alone.
         canvas = out[a:b].view(-1)
         tiles = canvas.as_strided((3, tile, canvas.numel() - 2 * hw - (tile - 1) * size),
                                   (hw, size, 1))
         # Whiten and ink a few charts at a time, so the scatter hits a canvas in cache.
-        for i in range(0, b - a, step):
-            out[a + i:a + i + step].fill_(white)
-            for pos, vals, starts in parts:
-                t0, t1 = starts[i], starts[min(i + step, b - a)]
+        for i in range(a, b, step):
+            j = min(i + step, b)
+            out[i:j].fill_(white)
+            for (pos, vals), before in parts:
+                t0, t1 = before[i] - before[a], before[j] - before[a]
                 tiles.scatter_(2, pos[t0:t1].expand(3, tile, -1), vals[..., t0:t1])
     return out
 
@@ -199,10 +235,13 @@ def render_variates(x, size=224, line_width=2.0, margin=None, chunk=512, out=Non
     return imgs.view(b, v, 3, size, size)
 
 
-def render_matplotlib(series, colour, size=224, line_width=2.0, margin=None, dpi=100, via_png=False):
+def render_matplotlib(series, colour, size=224, line_width=2.0, margin=None, dpi=100, via_png=False,
+                      raw=False):
     """The seed's drawing: one matplotlib figure per chart, rendered to an
     array (``via_png``: saved as PNG and read back, as the seed's pipeline
-    does). series [T] (numpy or tensor) -> [3, size, size] float in [0, 1]."""
+    does). series [T] (numpy or tensor) -> [3, size, size] float in [0, 1];
+    ``raw``: Agg's own RGBA buffer as drawn, numpy [size, size, 4] uint8 (its
+    cheapest output: no conversion)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -224,7 +263,11 @@ def render_matplotlib(series, colour, size=224, line_width=2.0, margin=None, dpi
         img = plt.imread(f)[..., :3].astype(np.float32)
     else:
         fig.canvas.draw()
-        img = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.float32) / 255.0
+        img = np.asarray(fig.canvas.buffer_rgba())              # keeps the buffer alive
+        if raw:
+            plt.close(fig)
+            return img
+        img = img[..., :3].astype(np.float32) / 255.0
     plt.close(fig)
     return torch.from_numpy(img.copy()).permute(2, 0, 1)
 
