@@ -3,8 +3,8 @@ drawing, measured side by side in interleaved rounds (so every side sees the
 same machine load), and their pixel agreement (IoU of line pixels).
 
 Sides, each rendering 224 x 224 charts to memory unless --size says otherwise:
-  torch uint8      : render_variates(..., dtype=torch.uint8) -> [B, V, 3, H, W] uint8, one
-                     call for --batch x 7 charts into a reused buffer
+  torch uint8      : render_variates(..., dtype=torch.uint8) -> [B, V, 3, H, W] uint8,
+                     --torch-calls calls a round, each --batch x 7 charts into a reused buffer
   torch float      : the same as float32 in [0, 1] (what the model consumes)
   matplotlib       : the seed's drawing, one figure per chart, drawn and read back as Agg's
                      own RGBA uint8 [H, W, 4] buffer (no conversion: its cheapest output)
@@ -71,6 +71,7 @@ def main():
     p.add_argument("--batch", type=int, default=64, help="samples per torch call (x 7 variates)")
     p.add_argument("--steps", type=int, default=18)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--torch-calls", type=int, default=4, help="torch calls per round and side")
     p.add_argument("--mpl-charts", type=int, default=14, help="matplotlib charts per round and side")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (matplotlib draws on one); 0: torch's default")
@@ -93,14 +94,15 @@ def main():
 
     def torch_side(dt):
         def run():
-            render_variates(xd, a.size, out=bufs[dt], dtype=dt)
+            for _ in range(a.torch_calls):
+                render_variates(xd, a.size, out=bufs[dt], dtype=dt)
             if a.device.startswith("cuda"):
                 torch.cuda.synchronize()
         return run
 
     sides = {
-        "torch uint8": (torch_side(torch.uint8), n),
-        "torch float": (torch_side(torch.float32), n),
+        "torch uint8": (torch_side(torch.uint8), n * a.torch_calls),
+        "torch float": (torch_side(torch.float32), n * a.torch_calls),
         "matplotlib": (lambda: [render_matplotlib(s, c, a.size, raw=True) for s, c in mpl_inputs],
                        a.mpl_charts),
         "matplotlib reuse": (lambda: [reused(s, c) for s, c in mpl_inputs], a.mpl_charts),
@@ -119,8 +121,9 @@ def main():
                        for b in range(n_ref) for v in range(7)]).view(n_ref, 7, 3, a.size, a.size)
     imgs = {"uint8": render_variates(xd[:n_ref], a.size, dtype=torch.uint8).cpu().float() / 255,
             "float": render_variates(xd[:n_ref], a.size).cpu()}
-    print(f"size {a.size}x{a.size}, {a.steps} steps, {n} charts per torch call, device {a.device}, "
-          f"{a.rounds} interleaved rounds, torch threads {torch.get_num_threads()}")
+    print(f"size {a.size}x{a.size}, {a.steps} steps, {n} charts per torch call, {a.torch_calls} calls "
+          f"and {a.mpl_charts} matplotlib charts per round and side, {a.rounds} interleaved rounds, "
+          f"device {a.device}, torch threads {torch.get_num_threads()}")
     outputs = {"torch uint8": "uint8 [B, V, 3, H, W]", "torch float": "float32 [B, V, 3, H, W]",
                "matplotlib": "uint8 RGBA [H, W, 4] per chart, figure per chart",
                "matplotlib reuse": "uint8 RGBA [H, W, 4] per chart, one figure reused",

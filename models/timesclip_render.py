@@ -136,7 +136,8 @@ class _Columns:
         the block's [b - a, 3, H, W] canvas, and its values vals [3, tile, Nt]."""
         dev = self.feats.device
         e = slice(a * len(self.c), b * len(self.c))
-        te = torch.repeat_interleave(self.n_tile[e])              # [Nt] entry of each tile
+        nt = self.tiles_before[b] - self.tiles_before[a]
+        te = torch.repeat_interleave(self.n_tile[e], output_size=nt)   # [Nt] entry of each tile
         f = self.feats[:, e].index_select(1, te)                  # [F, Nt]
         row0 = torch.arange(len(te), device=dev, dtype=torch.float32).mul_(tile).add_(f[0])
         row0 = row0.clamp_(max=size - tile)                       # [Nt] (kept inside the canvas)
