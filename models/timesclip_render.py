@@ -156,7 +156,7 @@ class _Columns:
                 dx, dy = torch.addcmul(rx, u, -ex), torch.addcmul(ry, u, -ey)
                 dk = dx.mul_(dx).addcmul_(dy, dy)
                 d2 = dk if d2 is None else torch.minimum(d2, dk)
-            cover = d2.sqrt_().neg_().add_(reach).clamp_(0, 1)    # [tile, Nt]
+            cover = torch.rsub(d2.sqrt_(), reach).clamp_(0, 1)    # [tile, Nt]
         if dtype == torch.uint8:
             # Adding 2^23 rounds to an integer, which float32 then holds in its low
             # mantissa bits: the low byte of each float is the rounded 0..255 value,
@@ -178,6 +178,8 @@ def render_lines(series, colours, size=224, line_width=2.0, margin=None, out=Non
     buffer to draw into (reusing it spares the page faults of a fresh
     allocation). Charts are expanded into tiles ``block`` at a time (bounds the
     scratch memory) and written ``cache_bytes`` of canvas at a time."""
+    if dtype not in (torch.float32, torch.uint8):
+        raise ValueError(f"render_lines: dtype must be torch.float32 or torch.uint8, not {dtype}")
     series = series.float()
     n, t = series.shape
     dev = series.device
@@ -207,11 +209,11 @@ def render_lines(series, colours, size=224, line_width=2.0, margin=None, out=Non
         tiles = canvas.as_strided((3, tile, canvas.numel() - 2 * hw - (tile - 1) * size),
                                   (hw, size, 1))
         # Whiten and ink a few charts at a time, so the scatter hits a canvas in cache.
-        for i in range(a, b, step):
-            j = min(i + step, b)
-            out[i:j].fill_(white)
+        for s0 in range(a, b, step):
+            s1 = min(s0 + step, b)
+            out[s0:s1].fill_(white)
             for (pos, vals), before in parts:
-                t0, t1 = before[i] - before[a], before[j] - before[a]
+                t0, t1 = before[s0] - before[a], before[s1] - before[a]
                 tiles.scatter_(2, pos[t0:t1].expand(3, tile, -1), vals[..., t0:t1])
     return out
 
