@@ -163,6 +163,7 @@ def make_figures(dataset, e, base, out_dir=None, writer=None, step=0):
 
     for name, fig in figs.items():
         if out_dir is not None:
+            os.makedirs(out_dir, exist_ok=True)
             fig.savefig(os.path.join(out_dir, f"sclap_{name}.png"), dpi=100, bbox_inches="tight")
         if writer is not None:
             writer.add_figure(f"sclap/{name}", fig, step)
