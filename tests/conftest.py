@@ -27,3 +27,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def train_steps(fam, model, criterion, dataset, steps, batch_size, lr=3e-3):
+    """A few AdamW steps on random batches of ``dataset`` through a family's
+    collate and criterion (epoch 0): the short runs of the training tests."""
+    import torch
+    params = [p for p in list(model.parameters()) + list(criterion.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    for step in range(steps):
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(step)
+        idx = torch.randperm(len(dataset))[:batch_size].tolist()
+        batch = fam.collate([dataset[i] for i in idx])
+        loss, _ = criterion(model(batch), batch, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()

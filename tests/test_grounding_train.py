@@ -5,6 +5,7 @@ import os
 import torch
 
 import families.grounding as fam
+from tests.conftest import train_steps
 from training.config import load_config
 
 
@@ -20,18 +21,9 @@ def test_short_training_beats_chance_and_writes_figures(tmp_path):
     assert os.path.exists(tmp_path / "data" / fam.MARKER)
     ds = fam.build_datasets(cfg)
     model, crit = fam.build_model(cfg), fam.build_criterion(cfg)
-    opt = torch.optim.AdamW([p for p in list(model.parameters()) + list(crit.parameters()) if p.requires_grad],
-                            lr=3e-3)
     train = ds["train"]
     before = fam.evaluate(model, crit, train.__class__(train.root, "train", image_size=32), cfg, "cpu")
-    for step in range(60):
-        train.set_epoch(step)
-        idx = torch.randperm(len(train))[:12].tolist()
-        batch = fam.collate([train[i] for i in idx])
-        loss, logs = crit(model(batch), batch, 0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(fam, model, crit, train, steps=60, batch_size=12)
     # evaluated on the training images (what a short run can learn): the pipeline learns
     plain = train.__class__(train.root, "train", image_size=32)
     after = fam.evaluate(model, crit, plain, cfg, "cpu", out_dir=str(tmp_path / "figs"))

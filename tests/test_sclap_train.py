@@ -5,6 +5,7 @@ import os
 import torch
 
 import families.sclap as fam
+from tests.conftest import train_steps
 from training.config import load_config
 
 KEYS = ("t2a_R@1", "t2a_R@10", "a2t_R@1", "t2a_mAP@10", "temporal_acc", "spatial_acc", "doa_error_deg",
@@ -21,17 +22,9 @@ def test_short_training_learns_doa_and_writes_metrics(tmp_path):
     fam.prepare_data(cfg)
     ds = fam.build_datasets(cfg)
     model, crit = fam.build_model(cfg), fam.build_criterion(cfg)
-    opt = torch.optim.AdamW([p for p in list(model.parameters()) + list(crit.parameters()) if p.requires_grad],
-                            lr=3e-3)
     train = ds["train"]
     before = fam.evaluate(model, crit, train, cfg, "cpu")
-    for step in range(40):
-        idx = torch.randperm(len(train))[:8].tolist()
-        batch = fam.collate([train[i] for i in idx])
-        loss, _ = crit(model(batch), batch, 0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(fam, model, crit, train, steps=40, batch_size=8)
     # On the training clips (what 40 steps can learn): the attention head has
     # learned which frames belong to which event, beyond its untrained
     # energy-weighted average of both.
