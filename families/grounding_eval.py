@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
+from training.logger import emit_figure
 from training.metrics import retrieval_metrics
 
 
@@ -170,12 +171,6 @@ def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, 
         figs = {"similarity_matrix": similarity_matrix(txt_f, img_f, t2i, cfg["eval"]["num_matrix"]),
                 "entity_heatmaps": entity_heatmaps(model, dataset, patches, device, cfg["eval"]["num_heatmaps"])}
         for name, fig in figs.items():
-            if out_dir is not None:
-                os.makedirs(out_dir, exist_ok=True)
-                fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=100)
-            if writer is not None:
-                writer.add_figure(f"grounding/{name}", fig, step)
-            import matplotlib.pyplot as plt
-            plt.close(fig)
+            emit_figure(fig, name, out_dir, writer, step, tag=f"grounding/{name}")
     model.train(was_training)
     return metrics

@@ -1,7 +1,6 @@
 """Radar CLIP figures: example radar maps, the similarity matrix and
 radar-time x text-token alignment heatmaps (true vs order-swapped caption).
 PNG files in out_dir and/or images in TensorBoard."""
-import os
 
 import matplotlib
 matplotlib.use("Agg")
@@ -10,17 +9,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from families.radar_eval import encode_texts  # noqa: E402
+from training.logger import emit_figure  # noqa: E402
 
 VIEWS = ("range_time", "doppler_time", "azimuth_time")
 
 
 def _emit(fig, name, out_dir, writer, step):
-    if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=90, bbox_inches="tight")
-    if writer is not None:
-        writer.add_figure(f"radar/{name}", fig, step)
-    plt.close(fig)
+    emit_figure(fig, name, out_dir, writer, step, tag=f"radar/{name}", dpi=90, bbox_inches="tight")
 
 
 def radar_maps_figure(dataset, indices):

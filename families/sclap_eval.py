@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from data.sclap_dataset import VARIANTS, collate, load_foa
 from models.sclap_classical_doa import angular_error_deg, estimate_two_doas
 from training.data import to_device
+from training.logger import emit_figure
 from training.metrics import retrieval_metrics
 
 
@@ -162,9 +163,4 @@ def make_figures(dataset, e, base, out_dir=None, writer=None, step=0):
     figs["similarity"] = fig
 
     for name, fig in figs.items():
-        if out_dir is not None:
-            os.makedirs(out_dir, exist_ok=True)
-            fig.savefig(os.path.join(out_dir, f"sclap_{name}.png"), dpi=100, bbox_inches="tight")
-        if writer is not None:
-            writer.add_figure(f"sclap/{name}", fig, step)
-        plt.close(fig)
+        emit_figure(fig, f"sclap_{name}", out_dir, writer, step, tag=f"sclap/{name}", bbox_inches="tight")

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from data.timesclip_dataset import collate
 from data.timesclip_generate import BANDS
 from training.data import to_device
+from training.logger import emit_figure
 
 NDVI = BANDS.index("NDVI")
 
@@ -68,14 +69,7 @@ def completion_metrics(model, dataset, device, out_dir=None, writer=None, step=0
         m.update({k.replace("t2i_", "l2v_").replace("i2t_", "v2l_"): v for k, v in r.items()
                   if k.endswith(("R@1", "R@5", "mean_rank"))})
     if out_dir is not None or writer is not None:
-        fig = forecast_figure(x, y, pred, n_plot)
-        if out_dir is not None:
-            os.makedirs(out_dir, exist_ok=True)
-            fig.savefig(os.path.join(out_dir, "forecasts.png"), dpi=100)
-        if writer is not None:
-            writer.add_figure("val/forecasts", fig, step)
-        import matplotlib.pyplot as plt
-        plt.close(fig)
+        emit_figure(forecast_figure(x, y, pred, n_plot), "forecasts", out_dir, writer, step, tag="val/forecasts")
     return m
 
 

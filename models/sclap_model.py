@@ -75,8 +75,8 @@ class TextHead(nn.Module):
 class SCLAP(nn.Module):
     def __init__(self, embed_dim=256, channels=(32, 32, 64), freq_patch=8, use_temporal_encoder=True,
                  n_chunks=4, temporal_layers=2, temporal_heads=8, use_modality_classifier=True,
-                 grl_lambda=1.0, n_events=2, doa_head="attention", doa_time_steps=8, doa_iv_skip=True, text_model=None, text_layers=1,
-                 freeze_text_backbone=True, unfreeze_last_n=0):
+                 grl_lambda=1.0, n_events=2, doa_head="attention", doa_time_steps=8, doa_iv_skip=True,
+                 text_model=None, text_layers=1, freeze_text_backbone=True, unfreeze_last_n=0):
         super().__init__()
         self.sed_branch = ConvBranch(1, channels, freq_patch)
         self.doa_branch = ConvBranch(7, channels, freq_patch)

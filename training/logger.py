@@ -47,3 +47,15 @@ def peak_memory_mb(device):
 
 def to_float(v):
     return float(v.detach().float().item()) if torch.is_tensor(v) else float(v)
+
+
+def emit_figure(fig, name, out_dir=None, writer=None, step=0, tag=None, dpi=100, **savefig_kw):
+    """Save a matplotlib figure as ``out_dir/name.png`` and/or log it to
+    TensorBoard under ``tag`` (default ``name``), then close it."""
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        fig.savefig(os.path.join(out_dir, f"{name}.png"), dpi=dpi, **savefig_kw)
+    if writer is not None:
+        writer.add_figure(tag or name, fig, step)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
