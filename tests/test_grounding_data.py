@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data.grounding_dataset import GroundingDataset, box_patch_mask, crop_boxes, dynamic_patch_mask, flip_boxes
-from data.grounding_format import parse_caption, read_annotation, read_sentences, write_annotation
-from data.grounding_generate import draw_object, generate
-from data.grounding_spans import spans_to_token_mask, swap_left_right
+from data.grounding.dataset import GroundingDataset, box_patch_mask, crop_boxes, dynamic_patch_mask, flip_boxes
+from data.grounding.format import parse_caption, read_annotation, read_sentences, write_annotation
+from data.grounding.generate import draw_object, generate
+from data.grounding.spans import spans_to_token_mask, swap_left_right
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data.grounding_format import read_annotation, read_sentences, read_split
-from data.grounding_spans import swap_left_right
+from data.grounding.format import read_annotation, read_sentences, read_split
+from data.grounding.spans import swap_left_right
 from training.data import item_rng
 
 MASK_STRATEGIES = ("none", "random", "object", "centre")

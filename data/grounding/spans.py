@@ -3,7 +3,7 @@ import re
 
 import torch
 
-from data.grounding_format import Caption, Phrase
+from data.grounding.format import Caption, Phrase
 
 _SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left"}
 _LR = re.compile(r"\b(left|right|Left|Right)\b")

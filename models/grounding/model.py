@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from data.grounding_spans import spans_to_token_mask
-from models.grounding_vit import VisionTransformer
+from data.grounding.spans import spans_to_token_mask
+from models.grounding.vit import VisionTransformer
 from models.text_encoder import TextEncoder
 
 

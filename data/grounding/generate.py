@@ -12,8 +12,9 @@ import time
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy.ndimage import binary_erosion
 
-from data.grounding_format import format_caption, write_annotation
+from data.grounding.format import format_caption, write_annotation
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 230),
            "yellow": (240, 220, 20), "purple": (150, 40, 200), "orange": (250, 140, 0),
@@ -60,7 +61,6 @@ def draw_object(img, obj):
     m = np.asarray(mask) > 0
     if texture == "hollow":
         # keep a band of the shape's edge: the shape minus its eroded self
-        from scipy.ndimage import binary_erosion
         m = m & ~binary_erosion(m, iterations=max(2, (x1 - x0) // 8))
     elif texture == "striped":
         yy = np.arange(img.size[1])[:, None] + np.arange(img.size[0])[None, :]

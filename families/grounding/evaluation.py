@@ -13,9 +13,13 @@ expected accuracy of picking a candidate uniformly at random.
 """
 import os
 
+import matplotlib
+matplotlib.use("Agg")  # figures are files and TensorBoard images, never a window
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.patches import Rectangle
 from torchvision.ops import box_iou
 
 from training.logger import emit_figure
@@ -102,9 +106,6 @@ def entity_object_accuracy(entities, t2i, obj_f, boxes, iou_threshold=0.5):
 
 def similarity_matrix(txt_f, img_f, t2i, n):
     """Caption x image similarities for the first n images' first captions."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     first = [int((t2i == i).nonzero()[0]) for i in range(min(n, len(img_f))) if (t2i == i).any()]
     sim = (txt_f[first] @ img_f[: len(first)].t()).numpy()
     fig, ax = plt.subplots(figsize=(5, 4.5))
@@ -120,10 +121,6 @@ def similarity_matrix(txt_f, img_f, t2i, n):
 def entity_heatmaps(model, dataset, patches, device, n, max_entities=3):
     """Per entity: cosine similarity of its feature to every patch's object
     feature, over the image, with the gold box drawn."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
     n = min(n, len(dataset))
     fig, axes = plt.subplots(n, max_entities + 1, figsize=(2.4 * (max_entities + 1), 2.6 * n), squeeze=False)
     g = dataset.grid

@@ -8,11 +8,11 @@ import os
 import shutil
 import time
 
-from data.grounding_dataset import GroundingDataset, collate  # noqa: F401  (contract)
-from data.grounding_generate import generate
-from families.grounding_eval import evaluate  # noqa: F401  (contract)
+from data.grounding.dataset import GroundingDataset, collate  # noqa: F401  (contract)
+from data.grounding.generate import generate
+from families.grounding.evaluation import evaluate  # noqa: F401  (contract)
 from losses.grounding_loss import GroundingLoss
-from models.grounding_model import GroundingModel
+from models.grounding.model import GroundingModel
 from training.config import REPO_ROOT
 
 MARKER = "_generated.json"
