@@ -8,11 +8,11 @@ import pytest
 import torch
 from scipy.io import wavfile
 
-from data.sclap_dataset import (ManifestError, STClothoDataset, collate, load_foa, read_manifest)
-from data.sclap_generate import MANIFEST, MANIFEST_COLUMNS, generate
-from data.sclap_spatial import Room, direction_vector, foa_encode, sector_of
-from models.sclap_classical_doa import block_intensity
-from models.sclap_frontend import SpatialFrontEnd
+from data.sclap.dataset import (ManifestError, STClothoDataset, collate, load_foa, read_manifest)
+from data.sclap.generate import MANIFEST, MANIFEST_COLUMNS, generate
+from data.sclap.spatial import Room, direction_vector, foa_encode, sector_of
+from models.sclap.classical_doa import angular_error_deg, block_intensity, estimate_two_doas
+from models.sclap.frontend import SpatialFrontEnd
 
 SR = 16000
 GEN = dict(num_train=3, num_val=2, num_test=2, num_zeroshot=2, gen_seed=1, sample_rate=SR,
@@ -154,7 +154,6 @@ def test_bad_input_errors(dataset_dir, tmp_path):
 
 
 def test_classical_doa_baseline_finds_both_events(dataset_dir):
-    from models.sclap_classical_doa import angular_error_deg, estimate_two_doas
     ds = STClothoDataset(dataset_dir, "train", FE)
     errs = []
     for it, doa in zip(ds.items, ds.doa):

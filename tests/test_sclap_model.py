@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from losses.sclap_loss import SCLAPLoss, doa_loss, loss_weights_at, three_way_loss
-from models.sclap_audio import TemporalAudioEncoder
-from models.sclap_model import GradientReversal, ModalityClassifier
+from models.sclap.audio import AttentionDOAHead, TemporalAudioEncoder
+from models.sclap.model import SCLAP, GradientReversal, ModalityClassifier
 
 
 @pytest.mark.parametrize("lam", [1.0, 0.3])
@@ -96,7 +96,6 @@ def test_temporal_encoder_sees_order():
 
 
 def test_model_is_per_sample():
-    from models.sclap_model import SCLAP
     torch.manual_seed(0)
     model = SCLAP(embed_dim=32, channels=(8, 8, 16), temporal_heads=4).eval()
     feats = torch.randn(2, 3, 7, 24, 16)
@@ -121,7 +120,6 @@ def test_attention_doa_head_points_where_the_intensity_points():
     intensity vectors: if every bin's intensity points to one direction, both
     events get that direction; and the weights follow the bins, so a source
     in the first half and another in the second half are both reachable."""
-    from models.sclap_audio import AttentionDOAHead
     torch.manual_seed(0)
     head = AttentionDOAHead(16, n_events=2)
     d = F.normalize(torch.tensor([0.3, -0.8, 0.2]), dim=0)

@@ -1,6 +1,6 @@
 """Spatial-temporal scene generator writing an stClotho-like dataset.
 
-On disk (the same layout data/sclap_dataset.py reads for real data):
+On disk (the same layout data/sclap/dataset.py reads for real data):
     <root>/stclotho_manifest.csv          one row per audio file (MANIFEST_COLUMNS)
     <root>/<split>/<item_id>_<variant>.wav 4-channel FOA (ACN/SN3D), int16
 
@@ -13,14 +13,15 @@ differ only in order (neg_t) or direction (neg_s). Split "test" also holds
 single-event clips (variant "single") for zero-shot direction classification.
 """
 import csv
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from scipy.io import wavfile
 
-from data.sclap_sounds import CLASS_NAMES, SOUND_CLASSES, synth_event
-from data.sclap_spatial import (SECTOR_WORDS, Room, diffuse_noise, draw_direction)
+from data.sclap.sounds import CLASS_NAMES, SOUND_CLASSES, synth_event
+from data.sclap.spatial import (SECTOR_WORDS, Room, diffuse_noise, draw_direction)
 
 MANIFEST = "stclotho_manifest.csv"
 MANIFEST_COLUMNS = ["split", "item_id", "variant", "file_name", "caption", "plain_caption",
@@ -147,7 +148,6 @@ def generate(cfg, workers=1, progress=True):
         jobs += [(split, i, cfg) for i in range(count)]
     if workers > 1:
         # spawn, not fork: forking after torch has started its threads can deadlock
-        import multiprocessing
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
             results = list(ex.map(_job, jobs, chunksize=16))
     else:

@@ -1,6 +1,6 @@
 """Loader for stClotho-style spatial triplet data (generated or real).
 
-Reads <root>/stclotho_manifest.csv (columns: data/sclap_generate.MANIFEST_COLUMNS)
+Reads <root>/stclotho_manifest.csv (columns: data/sclap/generate.MANIFEST_COLUMNS)
 and the 4-channel FOA WAVs it names. Every problem is reported with the file,
 the field and what was expected. The front end (log-mels + intensity vectors)
 is computed once per split and cached next to the data as a float16 .npy,
@@ -17,8 +17,9 @@ import torch
 from scipy.io import wavfile
 from torch.utils.data import Dataset
 
-from data.sclap_generate import MANIFEST, MANIFEST_COLUMNS
-from data.sclap_spatial import direction_vector, sector_of
+from data.sclap.generate import MANIFEST, MANIFEST_COLUMNS
+from data.sclap.spatial import direction_vector, sector_of
+from models.sclap.frontend import SpatialFrontEnd
 from training.data import item_rng
 
 VARIANTS = ("pos", "neg_t", "neg_s")
@@ -114,7 +115,6 @@ def _doa_target(row, n_events=2):
 
 def cached_features(root, rows, frontend_cfg, tag, batch=32):
     """Front-end features of the rows' WAVs, [N, 7, T, M] float16, cached as .npy."""
-    from models.sclap_frontend import SpatialFrontEnd
     key = hashlib.md5(json.dumps([frontend_cfg, [r["file_name"] for r in rows]]).encode()).hexdigest()[:10]
     path = os.path.join(root, f"features_{tag}_{key}.npy")
     if os.path.exists(path):

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.sclap_audio import AttentionDOAHead, ConvBranch, DOAHead, TemporalAudioEncoder
+from models.sclap.audio import AttentionDOAHead, ConvBranch, DOAHead, TemporalAudioEncoder
 from models.text_encoder import TextEncoder
 
 

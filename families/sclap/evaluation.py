@@ -11,12 +11,13 @@ single-event clips with "The sound is coming from the {dir}.".
 """
 import os
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.sclap_dataset import VARIANTS, collate, load_foa
-from models.sclap_classical_doa import angular_error_deg, estimate_two_doas
+from data.sclap.dataset import VARIANTS, collate, load_foa
+from models.sclap.classical_doa import angular_error_deg, estimate_two_doas
 from training.data import to_device
 from training.logger import emit_figure
 from training.metrics import retrieval_metrics
@@ -120,9 +121,6 @@ def evaluate_sclap(model, criterion, dataset, cfg, device, out_dir=None, writer=
 
 def make_figures(dataset, e, base, out_dir=None, writer=None, step=0):
     """Front-end panels of one clip, DOA polar plot, text-audio similarity matrix."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     figs = {}
     x = np.array(dataset.feats[0], dtype=np.float32)                    # [7, T, M] of item 0, pos
     fig, axes = plt.subplots(1, 4, figsize=(14, 3))

@@ -3,13 +3,19 @@
     python train_stage1.py --family sclap --preset quick
     python eval.py --checkpoint logs/<name>/checkpoints/latest.pt --out DIR
 
-Data: generated stClotho-style triplets (data/sclap_generate.py) or a real
+Data: generated stClotho-style triplets (data/sclap/generate.py) or a real
 dataset in the same format (data.generate false, data.root = its folder).
+The pieces live in data/sclap/ (generator, dataset, collate), models/sclap/
+(front end, encoders, classical DOA), losses/sclap_loss.py and
+families/sclap/evaluation.py; this module only wires them to the loop.
 """
 import os
 
-from data import sclap_dataset
-from data.sclap_generate import MANIFEST, generate
+from data.sclap.dataset import STClothoDataset, collate
+from data.sclap.generate import MANIFEST, generate
+from families.sclap.evaluation import evaluate_sclap
+from losses.sclap_loss import SCLAPLoss
+from models.sclap.model import build_sclap
 from training.config import REPO_ROOT
 
 FRONTEND_KEYS = ("sample_rate", "clip_seconds", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
@@ -54,23 +60,18 @@ def build_datasets(cfg):
     if d["spec_augment"]:
         aug = {k: d[k] for k in ("time_masks", "time_width", "freq_masks", "freq_width")}
     fe = frontend_cfg(cfg)
-    return {split: sclap_dataset.STClothoDataset(root, split, fe, spec_augment=aug, seed=cfg["seed"],
-                                                 with_single=split == "test")
+    return {split: STClothoDataset(root, split, fe, spec_augment=aug, seed=cfg["seed"],
+                                   with_single=split == "test")
             for split in ("train", "val", "test")}
 
 
-collate = sclap_dataset.collate
-
-
 def build_model(cfg):
-    from models.sclap_model import build_sclap
     m = dict(cfg["model"])
     m["channels"] = tuple(m["channels"])
     return build_sclap(m)
 
 
 def build_criterion(cfg, rank=0, world_size=1):
-    from losses.sclap_loss import SCLAPLoss
     lc = cfg["loss"]
     return SCLAPLoss(lc["loss_weights"], lc["sem_start_epoch"], lc["ts_ramp_epochs"], lc["logit_clamp"],
                      local_loss=cfg.get("local_loss", False),
@@ -78,5 +79,4 @@ def build_criterion(cfg, rank=0, world_size=1):
 
 
 def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, step=0):
-    from families.sclap_eval import evaluate_sclap
     return evaluate_sclap(model, criterion, dataset, cfg, device, out_dir, writer, step)

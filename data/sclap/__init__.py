@@ -1,0 +1,1 @@
+"""sCLAP data: synthetic sounds, FOA spatialisation, the stClotho-style generator and loader."""

@@ -1,0 +1,1 @@
+"""sCLAP models: spatial front end, temporal audio encoder, classical DOA baseline, the sCLAP model."""
