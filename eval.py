@@ -18,6 +18,8 @@ import torch
 from families import load_family
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, _set_dotted, parse_cli
+from training.precision import resolve_precision
+from training.resources import apply_thread_budget
 
 
 def load_stage1(checkpoint, overrides=(), device="cpu"):
@@ -53,8 +55,8 @@ def main(argv=None):
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                           if args.device == "auto" else args.device)
     family, cfg, model, criterion, ckpt = load_stage1(args.checkpoint, parse_cli(rest), device)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    cfg["precision"], why_precision = resolve_precision(cfg.get("precision", "auto"), device)
+    print(f"precision: {cfg['precision']} ({why_precision})\n{apply_thread_budget(cfg)}")
     family.prepare_data(cfg)  # regenerates the same data if the cache was removed
     dataset = family.build_datasets(cfg)[args.split]
     os.makedirs(args.out, exist_ok=True)

@@ -29,7 +29,8 @@ from training.data import ResumableDistributedSampler, to_device
 from training.distributed import all_reduce_max, all_reduce_mean, barrier, cleanup, init_distributed
 from training.logger import RunLogger, peak_memory_mb, to_float
 from training.optim import build_optimizer, build_scheduler
-from training.precision import autocast as make_autocast, grad_scaler
+from training.precision import autocast as make_autocast, grad_scaler, resolve_precision
+from training.resources import apply_thread_budget
 
 LOG_100 = math.log(100.0)
 
@@ -124,8 +125,10 @@ def validate(family, module, cfg, datasets, info, step, epoch, logger, run_dir):
 def main(argv=None):
     cfg = load_config(sys.argv[1:] if argv is None else argv)
     info = init_distributed(cfg["device"], cfg["dist_backend"])
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
+    cfg["precision"], why_precision = resolve_precision(cfg["precision"], info.device)
+    threads_line = apply_thread_budget(cfg)
+    if info.is_main:
+        print(f"precision: {cfg['precision']} ({why_precision})\n{threads_line}")
     family = load_family(cfg["family"])
     run_dir = os.path.join(cfg["logs"], run_name(cfg))
     ckpt_dir = os.path.join(run_dir, "checkpoints")

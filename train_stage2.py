@@ -26,7 +26,8 @@ from training.checkpoint import atomic_save, load_checkpoint
 from training.config import ConfigError, dump, load_config, parse_cli, _set_dotted
 from training.data import to_device
 from training.logger import RunLogger, to_float
-from training.precision import autocast as make_autocast
+from training.precision import autocast as make_autocast, resolve_precision
+from training.resources import apply_thread_budget
 
 MODES = ("scratch", "linear", "finetune", "frozen_then_finetune")
 STAGE2_DEFAULTS = {"epochs": 20, "lr": 1.0e-3, "wd": 1.0e-4, "batch_size": 64, "mode": "linear",
@@ -101,8 +102,8 @@ def main(argv=None):
                 _set_dotted(cfg, k, v, "command line")
         state = ckpt["model"] if mode != "scratch" else None
     device = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
+    cfg["precision"], why_precision = resolve_precision(cfg["precision"], device)
+    print(f"precision: {cfg['precision']} ({why_precision})\n{apply_thread_budget(cfg)}")
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"])
 

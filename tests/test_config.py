@@ -51,3 +51,41 @@ def test_numbers_in_exponent_form_and_strings_that_look_numeric():
     assert cfg["lr"] == 1e-4 and cfg["wd"] == 2e-3 and cfg["name"] == "nan"
     with pytest.raises(ConfigError, match="lr expects a number"):
         load_config(["--config", TINY_YAML, "--lr", "fast"])
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--batch-size", "32.5"], "batch_size expects an integer"),
+    (["--max-steps", "abc"], "max_steps expects an integer"),
+    (["--grad-checkpointing", "yes"], "grad_checkpointing expects true or false"),
+    (["--model.embed_dim", "abc"], "model.embed_dim expects an integer"),
+    (["--loss.use_siglip", "1"], "loss.use_siglip expects true or false"),
+    (["--lr-multipliers", "2"], "lr_multipliers expects a mapping"),
+])
+def test_override_must_have_the_defaults_type(argv, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(["--config", TINY_YAML] + argv)
+
+
+def test_typed_values_are_converted():
+    cfg = load_config(["--config", TINY_YAML, "--lr", "1", "--max-steps", "1e3",
+                       "--grad-clip-norm", "2", "--name", "2024", "--loss.use_siglip", "false"])
+    assert cfg["lr"] == 1.0 and isinstance(cfg["lr"], float)
+    assert cfg["max_steps"] == 1000 and isinstance(cfg["max_steps"], int)
+    assert cfg["grad_clip_norm"] == 2.0 and cfg["name"] == "2024"
+    assert cfg["loss"]["use_siglip"] is False
+
+
+def test_user_maps_are_values_not_schemas():
+    # radar's default map names the text tower; another prefix replaces the whole map
+    cfg = load_config(["--family", "radar", "--lr-multipliers", "{model.radar_encoder: 2}",
+                       "--data.sim", "{snr_db: 3}"])
+    assert cfg["lr_multipliers"] == {"model.radar_encoder": 2}
+    assert cfg["data"]["sim"] == {"snr_db": 3}
+
+
+def test_stage2_keys_are_in_the_schema_for_every_family():
+    for fam in ("radar", "sclap", "timesclip", "grounding"):
+        cfg = load_config(["--family", fam, "--stage2.pct_start", "0.3"])
+        assert cfg["stage2"]["pct_start"] == 0.3 and "frozen_epochs" in cfg["stage2"]
+    with pytest.raises(ConfigError, match="stage2.pct_startt"):
+        load_config(["--config", TINY_YAML, "--stage2.pct_startt", "0.3"])
