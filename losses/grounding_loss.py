@@ -124,8 +124,11 @@ class GroundingLoss(nn.Module):
         for a, b, sm in ((txt, img, sim), (img, txt, sim.t())):
             idx, valid = mine_hard_negatives(sm, same, self.k)             # [N, k]
             pos = (a * b).sum(-1, keepdim=True)                             # [N, 1] (own pair)
-            neg = torch.einsum("nd,nkd->nk", a, b[idx]).masked_fill(~valid, float("-inf"))
-            terms.append(F.cross_entropy(s * torch.cat([pos, neg], 1), torch.zeros_like(ids)))
+            neg = torch.einsum("nd,nkd->nk", a, b[idx])                     # [N, k]
+            # padding is masked after scaling: -inf * s would give s the gradient 0 * -inf = NaN
+            logits = (s * torch.cat([pos, neg], 1)).masked_fill(~F.pad(valid, (1, 0), value=True),
+                                                                float("-inf"))
+            terms.append(F.cross_entropy(logits, torch.zeros_like(ids)))
         return sum(terms) / 2
 
     def forward(self, features, batch, epoch=0):

@@ -107,3 +107,28 @@ def test_loss_weight_schedule_moves_from_coarse_to_fine():
     assert early == (1.0, 1.0) and late[0] == pytest.approx(0.3) and late[1] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="weight_schedule"):
         loss_weights(w, "cosine", 0, 10)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_hard_logit_scale_gets_a_finite_gradient_when_the_batch_is_not_larger_than_k(n):
+    """B <= hard_negative_k: every row has fewer than k other images, so the
+    mined tail is padding. Padding once entered as -inf * scale, whose
+    gradient with respect to the scale is 0 * -inf = NaN."""
+    f = {k: v[:n].clone().requires_grad_(v.dtype.is_floating_point) for k, v in _features().items()}
+    b = {"image_index": torch.arange(n), "entity_target": _batch()["entity_target"][:n]}
+    crit = GroundingLoss(hard_negative_k=3, weight_schedule="constant",
+                         loss_weights={"coarse": 0.0, "fine": 0.0, "hard_negative": 1.0})
+    loss, logs = crit(f, b, 0)
+    loss.backward()
+    g = crit.hard_logit_scale.grad
+    assert torch.isfinite(g), g
+    # the value against a direct computation: each query against its own pair
+    # and the other n - 1 items, padding left out
+    s = 1 / 0.07
+    I, T = (F.normalize(f[k].detach(), dim=-1) for k in ("image_features", "text_features"))
+    direct = (F.cross_entropy(s * T @ I.t(), torch.arange(n)) + F.cross_entropy(s * I @ T.t(), torch.arange(n))) / 2
+    torch.testing.assert_close(loss, direct, rtol=1e-5, atol=1e-5)
+    if n > 1:
+        assert g.abs() > 0
+    for k in ("image_features", "text_features"):
+        assert torch.isfinite(f[k].grad).all()
