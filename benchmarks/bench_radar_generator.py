@@ -16,10 +16,10 @@ from threadpoolctl import threadpool_limits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from data.radar_actions import sample_clip  # noqa: E402
-from data.radar_fmcw import RadarConfig  # noqa: E402
-from data.radar_motion import forward_kinematics, sample_body  # noqa: E402
-from data.radar_sim import _resolve, generate_radar_dataset, simulate_clip  # noqa: E402
+from data.radar.actions import sample_clip  # noqa: E402
+from data.radar.fmcw import RadarConfig  # noqa: E402
+from data.radar.motion import forward_kinematics, sample_body  # noqa: E402
+from data.radar.sim import _resolve, generate_radar_dataset, simulate_clip  # noqa: E402
 
 
 def clips_per_s(n, workers):

@@ -17,7 +17,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models.sequence_similarity import TYPES, SequenceSimilarity  # noqa: E402
+from models.radar.sequence_similarity import TYPES, SequenceSimilarity  # noqa: E402
 
 
 def main():

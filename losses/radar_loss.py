@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from losses import ClipLoss, SigLipLoss
-from models.sequence_similarity import SequenceSimilarity
+from models.radar.sequence_similarity import SequenceSimilarity
 
 
 def caption_ids(captions, device):

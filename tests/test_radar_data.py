@@ -8,11 +8,11 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from data.radar_actions import ACTION_NAMES, ACTIONS
-from data.radar_dataset import RadarDataError, RadarTextDataset, collate_radar
-from data.radar_fmcw import RadarConfig, array_kernel_power, hann_kernel_power, kernel_map, radar_maps
-from data.radar_motion import forward_kinematics, sample_body
-from data.radar_sim import body_scatterers, ensure_radar_dataset, generate_radar_dataset
+from data.radar.actions import ACTION_NAMES, ACTIONS
+from data.radar.dataset import RadarDataError, RadarTextDataset, collate_radar
+from data.radar.fmcw import RadarConfig, array_kernel_power, hann_kernel_power, kernel_map, radar_maps
+from data.radar.motion import forward_kinematics, sample_body
+from data.radar.sim import body_scatterers, ensure_radar_dataset, generate_radar_dataset
 
 CFG = RadarConfig()
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from losses.radar_loss import RadarContrastiveLoss, multi_positive_ce
-from models.clip_model import CLIPModel, perturb_time, reverse_valid
-from models.radar_encoder import RadarEncoder
-from models.sequence_similarity import TYPES, SequenceSimilarity, monotonic_alignment
+from models.radar.clip_model import CLIPModel, perturb_time, reverse_valid
+from models.radar.encoder import RadarEncoder
+from models.radar.sequence_similarity import TYPES, SequenceSimilarity, monotonic_alignment
 
 D = 16
 

@@ -11,12 +11,12 @@ height. The pelvis height is not animated: it is set so the lowest joint
 touches the floor (feet when standing or sitting, the body when lying), which
 keeps every action grounded without foot-placement solvers.
 
-An action (``radar_actions.ACTIONS``) maps (subject, start state, params) to pose curves
+An action (``actions.ACTIONS``) maps (subject, start state, params) to pose curves
 on a fine time grid. Every action starts and ends at the neutral pose of its
 posture (standing / sitting / lying), with smooth envelopes, so chained
 actions join without velocity jumps (which would show up as Doppler spikes).
 
-The actions themselves live in data/radar_actions.py; ``forward_kinematics(
+The actions themselves live in data/radar/actions.py; ``forward_kinematics(
 pose, body)`` turns their pose curves into joint positions [N, 20, 3] in the
 world frame (x to the radar's right, y away from the radar, z up), in metres.
 """

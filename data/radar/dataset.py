@@ -39,7 +39,7 @@ Item: ``range_time`` [256, L], ``doppler_time`` [128, L], ``azimuth_time``
 [128, L] float32, ``radar_mask`` [L] bool, ``caption`` str, ``captions``
 list[str], ``clip_id`` str, ``actions`` list[str], ``label`` int (index of
 the first action in ``dataset.action_names``), ``num_actions`` int.
-``collate_radar`` stacks tensors and keeps lists.
+``collate_radar`` stacks tensors and keeps lists (the family's collate).
 
 Also: ``dataset.action_names`` and ``dataset.action_prompts`` (from
 data_info.json; empty for real data), ``dataset.clip_meta(i)`` (the clip's
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.radar_text import clean_caption
+from data.radar.text import clean_caption
 from training.data import item_rng
 
 VIEWS = {"range_time": 256, "doppler_time": 128, "azimuth_time": 128}
@@ -272,12 +272,16 @@ class RadarTextDataset(Dataset):
 
 
 def collate_radar(items):
-    """List of items -> batch: tensors stacked [B, ...], ints as LongTensor [B], the rest as lists."""
+    """List of items -> batch: tensors stacked [B, ...], bools as BoolTensor [B]
+    (``has_swap``, data/radar/temporal.py), ints as LongTensor [B], the rest
+    as lists."""
     batch = {}
     for key in items[0]:
         vals = [it[key] for it in items]
         if torch.is_tensor(vals[0]):
             batch[key] = torch.stack(vals)
+        elif isinstance(vals[0], bool):  # before int: bool is an int subclass
+            batch[key] = torch.tensor(vals, dtype=torch.bool)
         elif isinstance(vals[0], int):
             batch[key] = torch.tensor(vals, dtype=torch.long)
         else:

@@ -21,13 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from data.radar.dataset import collate_radar
+from data.radar.temporal import swapped_for
+from families.radar.figures import write_figures
 from training.data import to_device
 from training.metrics import retrieval_from_scores
+from training.precision import autocast
 
 
 def _autocast(cfg, device):
-    on = cfg.get("precision") == "amp_bf16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+    """The run's autocast (fp32, amp fp16, amp_bf16): evaluation encodes as training does."""
+    return autocast(cfg["precision"], device)()
 
 
 def _pad_cat(chunks, dim=1):
@@ -56,9 +60,8 @@ def encode_texts(model, texts, cfg, device, batch_size=256):
 @torch.no_grad()
 def encode_split(model, dataset, cfg, device):
     """Radar features of every clip plus the captions and swapped captions."""
-    from families.radar import collate
     loader = DataLoader(dataset, batch_size=cfg["eval"]["batch_size"], shuffle=False,
-                        collate_fn=collate, num_workers=0)
+                        collate_fn=collate_radar, num_workers=0)
     feats, seqs, masks, info = [], [], [], {"captions": [], "label": [], "num_actions": [],
                                              "clip_id": [], "actions": []}
     for batch in loader:
@@ -102,7 +105,6 @@ def paired_scores(criterion, radar, idx, text):
 def temporal_order_pairs(dataset, info):
     """(clip index, caption, swapped caption) for every caption of every
     multi-action clip (the swapped list is index-aligned with the captions)."""
-    from families.radar import swapped_for
     pairs = []
     for i, caps in enumerate(info["captions"]):
         swapped = dataset.swapped(i) if hasattr(dataset, "swapped") else []
@@ -146,12 +148,13 @@ def evaluate_radar(model, criterion, dataset, cfg, device, out_dir=None, writer=
     # temporal order: true caption vs its order-swapped version, same clip
     pairs = temporal_order_pairs(dataset, info)
     metrics["temporal_order_pairs"] = len(pairs)
+    pair_text = None
     if pairs:
         idx = torch.tensor([p[0] for p in pairs], device=device)
-        pos, pos_g = paired_scores(criterion, radar, idx,
-                                   encode_texts(model, [p[1] for p in pairs], cfg, device))
-        neg, neg_g = paired_scores(criterion, radar, idx,
-                                   encode_texts(model, [p[2] for p in pairs], cfg, device))
+        pair_text = (encode_texts(model, [p[1] for p in pairs], cfg, device),
+                     encode_texts(model, [p[2] for p in pairs], cfg, device))
+        pos, pos_g = paired_scores(criterion, radar, idx, pair_text[0])
+        neg, neg_g = paired_scores(criterion, radar, idx, pair_text[1])
         metrics["temporal_order_acc"] = (pos > neg).float().mean().item()
         metrics["temporal_order_acc_global"] = (pos_g > neg_g).float().mean().item()
 
@@ -169,8 +172,7 @@ def evaluate_radar(model, criterion, dataset, cfg, device, out_dir=None, writer=
             metrics["zeroshot_chance"] = 1.0 / len(names)
 
     if out_dir is not None or writer is not None:
-        from families.radar_figures import write_figures
-        write_figures(model, criterion, dataset, radar, info, text, scores, pairs, cfg, device,
+        write_figures(model, criterion, dataset, radar, info, scores, pairs, pair_text,
                       out_dir, writer, step)
     model.train(was_training)
     criterion.train(was_training)

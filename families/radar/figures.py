@@ -8,7 +8,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from families.radar_eval import encode_texts  # noqa: E402
 from training.logger import emit_figure  # noqa: E402
 
 VIEWS = ("range_time", "doppler_time", "azimuth_time")
@@ -46,9 +45,9 @@ def similarity_figure(scores, caps_first, n=32):
 
 
 @torch.no_grad()
-def alignment_figure(model, criterion, radar, i, captions, cfg, device, tokenizer):
-    """Token cosine maps [radar time, text token] of clip i with each caption."""
-    text = encode_texts(model, captions, cfg, device)
+def alignment_figure(model, criterion, radar, i, captions, text, tokenizer):
+    """Token cosine maps [radar time, text token] of clip i with each caption;
+    text: the captions' encoded tokens and masks, in the same order."""
     r, rm = radar["radar_seq"][i:i + 1], radar["radar_mask"][i:i + 1]
     if criterion.seq is not None:
         r = criterion.seq.hierarchical(r, rm)
@@ -71,8 +70,10 @@ def alignment_figure(model, criterion, radar, i, captions, cfg, device, tokenize
     return fig
 
 
-def write_figures(model, criterion, dataset, radar, info, text, scores, pairs, cfg, device,
+def write_figures(model, criterion, dataset, radar, info, scores, pairs, pair_text,
                   out_dir, writer, step):
+    """pairs: (clip, caption, swapped caption) of the temporal-order metric;
+    pair_text: (true, swapped) caption encodings, row k for pair k."""
     n_items = len(info["captions"])
     _emit(radar_maps_figure(dataset, list(range(min(2, n_items)))), "radar_maps",
           out_dir, writer, step)
@@ -82,10 +83,12 @@ def write_figures(model, criterion, dataset, radar, info, text, scores, pairs, c
         pos += len(caps)
     _emit(similarity_figure(scores, first), "similarity_matrix", out_dir, writer, step)
     seen = set()
-    for i, cap, swapped in pairs:
+    for k, (i, cap, swapped) in enumerate(pairs):
         if i in seen or len(seen) >= 2:
             continue
         seen.add(i)
-        fig = alignment_figure(model, criterion, radar, i, [cap, swapped], cfg, device,
+        text = {key: torch.stack([pair_text[0][key][k], pair_text[1][key][k]])
+                for key in ("text_tokens", "text_mask")}
+        fig = alignment_figure(model, criterion, radar, i, [cap, swapped], text,
                                model.text_encoder.tokenizer)
         _emit(fig, f"alignment_{len(seen)}", out_dir, writer, step)

@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from data.radar.dataset import collate_radar
+from models.radar.clip_model import build_radar_encoder
 from training.data import to_device
 
 
@@ -37,8 +39,7 @@ def loss_fn(pred, batch):
 
 @torch.no_grad()
 def evaluate(model, dataset, cfg, device, out_dir=None):
-    from families.radar import collate
-    loader = DataLoader(dataset, batch_size=cfg["eval"]["batch_size"], collate_fn=collate)
+    loader = DataLoader(dataset, batch_size=cfg["eval"]["batch_size"], collate_fn=collate_radar)
     total, correct, n = 0.0, 0, 0
     for batch in loader:
         batch = to_device(batch, device)
@@ -49,13 +50,11 @@ def evaluate(model, dataset, cfg, device, out_dir=None):
     return {"loss": total / max(n, 1), "action_acc": correct / max(n, 1), "num_clips": n}
 
 
-def build_radar_stage2(cfg, stage1_model_state, mode):
-    from families.radar import build_datasets, collate, data_root
-    from models.clip_model import build_radar_encoder
-    splits = build_datasets(cfg)
+def build_radar_stage2(cfg, splits, stage1_model_state, mode):
+    """splits: the family's {split: TemporalNegatives} datasets."""
     names = splits["train"].base.action_names
     if not names:
-        raise FileNotFoundError(f"{data_root(cfg)}/data_info.json: missing or without 'actions'; "
+        raise FileNotFoundError(f"{splits['train'].base.root}/data_info.json: missing or without 'actions'; "
                                 "stage 2 needs the action names as class labels")
     encoder = build_radar_encoder(cfg)
     if mode != "scratch":
@@ -65,6 +64,6 @@ def build_radar_stage2(cfg, stage1_model_state, mode):
         state = {k[len(prefix):]: v for k, v in stage1_model_state.items() if k.startswith(prefix)}
         encoder.load_state_dict(state)
     datasets = {k: single_action(v) for k, v in splits.items()}
-    return {"datasets": datasets, "collate": collate,
+    return {"datasets": datasets, "collate": collate_radar,
             "model": ActionClassifier(encoder, len(names)), "encoder": encoder,
             "loss_fn": loss_fn, "evaluate": evaluate}

@@ -16,7 +16,7 @@ only when asked for:
 import torch
 import torch.nn as nn
 
-from models.radar_encoder import RadarEncoder
+from models.radar.encoder import RadarEncoder
 from models.text_encoder import TextEncoder
 
 

@@ -8,7 +8,7 @@ Each action is a pair ``(sample_params, build)``:
   current state (e.g. "stand up" while standing, a walk that would leave the
   radar's field of view).
 * ``build(t, body, state, params) -> (pose, end_state)``: pose curves
-  (``radar_motion.POSE_KEYS``) over local times t [n], starting and ending at
+  (``motion.POSE_KEYS``) over local times t [n], starting and ending at
   the neutral pose of the posture.
 
 ``state`` = {"posture": standing | sitting | lying_front | lying_back,
@@ -18,7 +18,7 @@ sight, "left"/"right" across it (left = -x).
 """
 import numpy as np
 
-from data.radar_motion import envelope, neutral, smoothstep
+from data.radar.motion import envelope, neutral, smoothstep
 
 STANDING = ("standing",)
 LYING = ("lying_front", "lying_back")

@@ -5,7 +5,7 @@ workers=1, **params)`` writes, under ``root``::
 
     mmwave/{id}.npz    range_time (256, T), doppler_time (128, T),
                        azimuth_time (128, T) float32 (radar maps, see
-                       data/radar_fmcw.py), plus joints (T, 20, 3) float32
+                       data/radar/fmcw.py), plus joints (T, 20, 3) float32
                        (the skeleton at the radar frame rate; extra keys are
                        ignored by the loader, real mmExpert files lack it)
     texts/{id}.txt     HumanML3D lines ``caption#word/POS ...#0.0#0.0``
@@ -35,13 +35,13 @@ leaves a truncated file under a final name; ``ensure_radar_dataset`` resumes
 such a run (keeping finished clips) when the parameters match and starts
 over when they do not.
 
-Simulation of one clip: ``radar_actions.sample_clip`` chains 1-3 actions
-(5-11 s), ``radar_motion.forward_kinematics`` poses a 20-joint skeleton at
+Simulation of one clip: ``actions.sample_clip`` chains 1-3 actions
+(5-11 s), ``motion.forward_kinematics`` poses a 20-joint skeleton at
 100 Hz; scatterers are points along each bone with the bone's ellipsoid RCS
 (``segment_rcs``), velocities are time derivatives of their positions; static
 clutter points and, optionally, multipath via a side wall are added (image
 method: the body mirrored in the wall, i.e. the radar-wall-body-wall-radar
-path, attenuated by the wall's power reflection coefficient); ``radar_fmcw.radar_maps`` turns them into the
+path, attenuated by the wall's power reflection coefficient); ``fmcw.radar_maps`` turns them into the
 three maps at 20 frames/s.
 """
 import fcntl
@@ -55,10 +55,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from data.radar_actions import ACTION_NAMES, sample_clip
-from data.radar_fmcw import RadarConfig, radar_maps
-from data.radar_motion import BONES, J, forward_kinematics, sample_body
-from data.radar_text import ACTION_PROMPTS, clean_caption, humanml3d_lines, make_captions
+from data.radar.actions import ACTION_NAMES, sample_clip
+from data.radar.fmcw import RadarConfig, radar_maps
+from data.radar.motion import BONES, J, forward_kinematics, sample_body
+from data.radar.text import ACTION_PROMPTS, clean_caption, humanml3d_lines, make_captions
 
 FORMAT_VERSION = 3   # bump when the simulation changes: it is part of the cache key
 GENERATOR_DEFAULTS = {

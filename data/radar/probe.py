@@ -7,7 +7,7 @@ A logistic regression on the train split predicts each clip's first action
 clips. This calibrates the learned models: a radar encoder whose zero-shot
 or linear-probe accuracy is below this baseline has not learned much.
 
-    python -m data.radar_probe --root data_cache/radar/quick
+    python -m data.radar.probe --root data_cache/radar/quick
 """
 import argparse
 import time
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from data.radar_dataset import VIEWS, RadarTextDataset
+from data.radar.dataset import VIEWS, RadarTextDataset
 
 
 def pooled_features(ds):

@@ -1,0 +1,68 @@
+"""Radar CLIP family (seeds 000 and 001): the contract of families/__init__.py.
+
+Data: data/radar/sim.py writes the mmExpert/HumanML3D format under
+``data.root``; data/radar/dataset.py reads it (simulated or real);
+data/radar/temporal.py adds each clip's order-swapped caption (from
+``meta/{id}.json``) as a hard negative. Model: models/radar/ (RadarEncoder,
+TextEncoder, CLIPModel); criterion: losses/radar_loss.py. Evaluation,
+figures and stage 2 are the modules beside this one.
+"""
+import os
+
+from data.radar.dataset import RadarTextDataset, collate_radar
+from data.radar.sim import ensure_radar_dataset
+from data.radar.temporal import TemporalNegatives
+from families.radar.evaluation import evaluate_radar
+from families.radar.stage2 import build_radar_stage2
+from families.radar.text_cache import build_text_cache, load_text_cache
+from losses.radar_loss import build_radar_criterion
+from models.radar.clip_model import build_clip_model
+from training.config import REPO_ROOT
+
+DATA_KEYS = ("max_motion_length", "min_motion_len", "max_text_len", "unit_length",
+             "log_norm", "radar_views")
+
+collate = collate_radar  # tensors stacked, has_swap a BoolTensor, captions as lists
+
+
+def data_root(cfg):
+    root = cfg["data"]["root"]
+    return root if os.path.isabs(root) else os.path.join(REPO_ROOT, root)
+
+
+def prepare_data(cfg):
+    d = cfg["data"]
+    ensure_radar_dataset(data_root(cfg), d["num_train"], d["num_val"], d["num_test"],
+                         seed=d["seed"], workers=d["gen_workers"], **(d.get("sim") or {}))
+    build_text_cache(data_root(cfg), cfg["model"]["text"], build_datasets(cfg))
+
+
+def build_datasets(cfg):
+    d, root = cfg["data"], data_root(cfg)
+    opts = {k: d[k] for k in DATA_KEYS}
+    return {split: TemporalNegatives(
+                RadarTextDataset(root, split, seed=cfg["seed"], train=split == "train", **opts),
+                seed=cfg["seed"])
+            for split in ("train", "val", "test")}
+
+
+def build_model(cfg):
+    model = build_clip_model(cfg)
+    load_text_cache(model.text_encoder, data_root(cfg), cfg["model"]["text"])
+    return model
+
+
+def build_criterion(cfg, rank=0, world_size=1):
+    return build_radar_criterion(cfg, rank, world_size)
+
+
+def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, step=0):
+    return evaluate_radar(model, criterion, dataset, cfg, device, out_dir, writer, step)
+
+
+def param_groups_lr(cfg):
+    return dict(cfg.get("lr_multipliers") or {})
+
+
+def build_stage2(cfg, stage1_model_state, mode):
+    return build_radar_stage2(cfg, build_datasets(cfg), stage1_model_state, mode)

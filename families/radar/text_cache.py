@@ -1,0 +1,67 @@
+"""Frozen text features on disk, computed once per dataset (``model.text.disk_cache``).
+
+A frozen text backbone maps a caption to the same hidden states in every
+run: encode every caption of the dataset once and keep them beside the data
+(fp16), so a series of experiments does not spend minutes on it in every
+run. Off by default, since a single run only meets about a third of the
+captions. The file name holds everything the stored outputs depend on (the
+backbone, ``max_length``, the pooling: ``pooler`` stores the pooled output
+too); a caption missing from the file is encoded as usual when it is met.
+"""
+import os
+
+import torch
+
+from models.text_encoder import TextEncoder
+
+
+def text_cache_path(root, text_cfg):
+    t = text_cfg
+    name = (t["model_name"] or "minilm").strip("/").replace("/", "_")
+    return os.path.join(root, "text_cache",
+                        f"{name}_len{t['max_length']}_{t['pooling_strategy']}.pt")
+
+
+def text_cache_enabled(text_cfg):
+    t = text_cfg
+    return bool(t.get("disk_cache", False) and t["freeze_backbone"] and not t["unfreeze_last_n"]
+                and t["cache_features"])
+
+
+def all_captions(datasets):
+    """Every string the model will encode: captions, swapped captions, prompts.
+    datasets: {split: TemporalNegatives}."""
+    texts = set()
+    for ds in datasets.values():
+        for i, it in enumerate(ds.base.items):
+            texts.update(it["captions"])
+            texts.update(ds.swapped(i))
+        texts.update(ds.base.action_prompts.values())
+    return sorted(texts)
+
+
+@torch.no_grad()
+def build_text_cache(root, text_cfg, datasets, batch_size=256):
+    """Write the cache file unless it exists or the cache is off."""
+    path = text_cache_path(root, text_cfg)
+    if os.path.exists(path) or not text_cache_enabled(text_cfg):
+        return
+    t = text_cfg
+    enc = TextEncoder(model_name=t["model_name"], max_length=t["max_length"],
+                      pooling_strategy=t["pooling_strategy"]).eval()
+    texts = all_captions(datasets)
+    for i in range(0, len(texts), batch_size):
+        enc(texts[i:i + batch_size])  # fills the encoder's caption cache
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(enc.cache_state(), tmp)
+    os.replace(tmp, path)
+
+
+def load_text_cache(text_encoder, root, text_cfg):
+    """Fill ``text_encoder``'s caption cache from the file, if there is one."""
+    path = text_cache_path(root, text_cfg)
+    if not (text_cache_enabled(text_cfg) and os.path.exists(path)
+            and getattr(text_encoder, "cache_features", False)):
+        return
+    text_encoder.load_cache(torch.load(path, map_location="cpu"))
