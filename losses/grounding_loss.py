@@ -2,25 +2,24 @@
 extra negatives), fine entity <-> object InfoNCE over in-sample and
 cross-sample objects, and a hard-negative term on the top-k most similar
 non-matching pairs. Separate learnable temperatures for the three (FG-CLIP).
+
+Distributed: the features of every rank are gathered through
+losses/distributed.py with ClipLoss's flags and the same exactness argument
+(see losses/clip_loss.py): the default gathers other ranks' features as
+constants, computes the global loss on every rank and multiplies the
+features' gradient by world_size; ``gather_with_grad`` gathers with
+gradient; ``local_loss`` (needs ``gather_with_grad``) computes only the rows
+of this rank's shard (its captions, images and entities) against every
+rank's columns. Every term is normalised so that the mean over ranks of the
+per-rank losses is the single-process loss on the global batch.
 """
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def gather(t, world_size):
-    """All-gather with gradient (open_clip's gather_with_grad); identity on one process."""
-    if world_size == 1:
-        return t
-    if t.is_floating_point():
-        import torch.distributed.nn.functional as dnf
-        return torch.cat(dnf.all_gather(t), 0)
-    parts = [torch.empty_like(t) for _ in range(world_size)]  # masks, ids: no gradient
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts, 0)
+from losses.distributed import all_gather_no_grad, all_gather_with_grad, scale_grad
 
 
 def soft_cross_entropy(logits, positives):
@@ -61,12 +60,17 @@ def loss_weights(weights, schedule, epoch, epochs):
 class GroundingLoss(nn.Module):
     def __init__(self, loss_weights=None, weight_schedule="linear", epochs=1, fine_cross_sample=True,
                  hard_negatives=True, hard_negative_k=3, masked_negatives=True,
-                 init_temperature=0.07, rank=0, world_size=1):
+                 init_temperature=0.07, local_loss=False, gather_with_grad=False, rank=0, world_size=1):
         super().__init__()
+        if local_loss and not gather_with_grad:
+            raise ValueError("GroundingLoss(local_loss=True, gather_with_grad=False) gives wrong gradients "
+                             "(the rows other ranks compute against this rank's features are lost); use "
+                             "--local-loss with --gather-with-grad, or leave --local-loss off")
         self.weights = {"coarse": 1.0, "fine": 1.0, "hard_negative": 0.5, **(loss_weights or {})}
         self.schedule, self.epochs = weight_schedule, epochs
         self.fine_cross_sample, self.hard_negatives, self.k = fine_cross_sample, hard_negatives, hard_negative_k
         self.masked_negatives = masked_negatives
+        self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
         self.rank, self.world_size = rank, world_size
         init = math.log(1 / init_temperature)
         self.logit_scale = nn.Parameter(torch.tensor(init))        # coarse
@@ -77,79 +81,103 @@ class GroundingLoss(nn.Module):
     def _scale(p):
         return p.exp().clamp(max=100.0)
 
-    def coarse(self, img, txt, ids, masked=None):
-        """img, txt [N, D] normalised; ids [N] image ids; masked [N, D] or None."""
+    def _gather(self, x):
+        """[n, ...] -> [world_size * n, ...] in rank order; masks and ids carry no gradient."""
+        if self.world_size == 1:
+            return x
+        if not x.is_floating_point():
+            return all_gather_no_grad(x, self.rank, self.world_size)
+        if self.gather_with_grad:
+            return all_gather_with_grad(x, self.rank, self.world_size)
+        # the global loss on every rank: undo DDP's 1/world_size on this rank's features
+        return all_gather_no_grad(scale_grad(x, float(self.world_size)), self.rank, self.world_size)
+
+    def coarse(self, img, txt, ids, rows, masked=None):
+        """img, txt [N, D] normalised; ids [N] image ids; rows [n] global indices
+        of the rows this rank computes; masked [N, D] or None. Mean over rows."""
         s = self._scale(self.logit_scale)
-        same = ids[:, None] == ids[None, :]                                 # [N, N]
-        t2i = s * txt @ img.t()
+        same = ids[rows, None] == ids[None, :]                              # [n, N]
+        t2i = s * txt[rows] @ img.t()
         pos = same
         if masked is not None:
             # masked image j is a negative for caption i if it is another image,
             # or i's own image with an object i names hidden (j == i)
-            eye = torch.eye(len(ids), dtype=torch.bool, device=ids.device)
-            t2i_m = (s * txt @ masked.t()).masked_fill(same & ~eye, float("-inf"))
-            t2i = torch.cat([t2i, t2i_m], 1)                                # [N, 2N]
+            own = rows[:, None] == torch.arange(len(ids), device=ids.device)[None, :]
+            t2i_m = (s * txt[rows] @ masked.t()).masked_fill(same & ~own, float("-inf"))
+            t2i = torch.cat([t2i, t2i_m], 1)                                # [n, 2N]
             pos = torch.cat([same, torch.zeros_like(same)], 1)
-        i2t = s * img @ txt.t()
+        i2t = s * img[rows] @ txt.t()                                       # [n, N]
         return (soft_cross_entropy(t2i, pos).mean() + soft_cross_entropy(i2t, same).mean()) / 2
 
-    def fine(self, ent, ent_valid, obj, obj_valid, target):
-        """ent [N, E, D], obj [N, O, D] normalised; target [N, E, O] bool."""
+    def fine(self, ent, ent_valid, obj, obj_valid, target, rows):
+        """ent [N, E, D], obj [N, O, D] normalised; target [N, E, O] bool; rows
+        [n] the samples whose entities this rank computes. The sum over those
+        entities is divided by the global number of entities with a positive
+        (times the number of shards when rows is one), so the per-rank losses
+        average to the mean over the global batch."""
         N, E, D = ent.shape
         O = obj.shape[1]
-        be = torch.arange(N, device=ent.device).repeat_interleave(E)[ent_valid.reshape(-1)]
-        e = ent.reshape(-1, D)[ent_valid.reshape(-1)]                       # [Ne, D]
         ov = obj_valid.reshape(-1)
         bo = torch.arange(N, device=ent.device).repeat_interleave(O)[ov]
         o = obj.reshape(-1, D)[ov]                                          # [No, D]
-        if len(e) == 0 or len(o) == 0:
+        has_pos = (target & obj_valid[:, None, :]).any(-1) & ent_valid       # [N, E]
+        n_pos = has_pos.sum()
+        if len(o) == 0 or n_pos == 0:
             return (ent.sum() + obj.sum()) * 0.0
+        ev = ent_valid[rows].reshape(-1)
+        be = rows.repeat_interleave(E)[ev]
+        e = ent[rows].reshape(-1, D)[ev]                                    # [Ne, D]
         logits = self._scale(self.fine_logit_scale) * e @ o.t()             # [Ne, No]
         same = be[:, None] == bo[None, :]
         if not self.fine_cross_sample:
             logits = logits.masked_fill(~same, float("-inf"))
-        tgt = target.reshape(N * E, O)[ent_valid.reshape(-1)]               # [Ne, O]
+        tgt = target[rows].reshape(-1, O)[ev]                               # [Ne, O]
         slot = torch.arange(O, device=ent.device).repeat(N)[ov]             # [No]
         pos = same & tgt[:, slot]
         keep = pos.any(1)
-        return soft_cross_entropy(logits[keep], pos[keep]).mean() if keep.any() else logits.sum() * 0.0
+        shards = N // len(rows)
+        return soft_cross_entropy(logits[keep], pos[keep]).sum() * shards / n_pos
 
-    def hard(self, img, txt, ids):
+    def hard(self, img, txt, ids, rows):
         """Each caption against its image and its k hardest other images, and
         each image against its caption(s) and its k hardest other captions."""
         s = self._scale(self.hard_logit_scale)
-        same = ids[:, None] == ids[None, :]
-        sim = txt @ img.t()                                                 # [N, N]
+        same = ids[rows, None] == ids[None, :]                              # [n, N]
         terms = []
-        for a, b, sm in ((txt, img, sim), (img, txt, sim.t())):
-            idx, valid = mine_hard_negatives(sm, same, self.k)             # [N, k]
-            pos = (a * b).sum(-1, keepdim=True)                             # [N, 1] (own pair)
-            neg = torch.einsum("nd,nkd->nk", a, b[idx])                     # [N, k]
+        for a, b in ((txt, img), (img, txt)):
+            sim = a[rows] @ b.t()                                           # [n, N]
+            idx, valid = mine_hard_negatives(sim, same, self.k)             # [n, k]
+            pos = (a[rows] * b[rows]).sum(-1, keepdim=True)                 # [n, 1] (own pair)
+            neg = torch.einsum("nd,nkd->nk", a[rows], b[idx])               # [n, k]
             # padding is masked after scaling: -inf * s would give s the gradient 0 * -inf = NaN
             logits = (s * torch.cat([pos, neg], 1)).masked_fill(~F.pad(valid, (1, 0), value=True),
                                                                 float("-inf"))
-            terms.append(F.cross_entropy(logits, torch.zeros_like(ids)))
+            terms.append(F.cross_entropy(logits, torch.zeros_like(rows)))
         return sum(terms) / 2
 
     def forward(self, features, batch, epoch=0):
         n = lambda x: F.normalize(x.float(), dim=-1)
-        ws = self.world_size
-        img, txt = gather(n(features["image_features"]), ws), gather(n(features["text_features"]), ws)
-        ids = gather(batch["image_index"].to(img.device), ws)
+        g = self._gather
+        img, txt = g(n(features["image_features"])), g(n(features["text_features"]))   # [N, D]
+        ids = g(batch["image_index"].to(img.device))
+        local = features["image_features"].shape[0]
+        rows = torch.arange(len(ids), device=img.device)                     # [N]: the global loss
+        if self.local_loss and self.world_size > 1:
+            rows = rows[self.rank * local:(self.rank + 1) * local]           # [n]: this shard's rows
         masked = None
         if self.masked_negatives and "masked_image_features" in features:
-            masked = gather(n(features["masked_image_features"]), ws)
+            masked = g(n(features["masked_image_features"]))
         wc, wf = loss_weights(self.weights, self.schedule, epoch, self.epochs)
-        l_coarse = self.coarse(img, txt, ids, masked)
-        l_fine = self.fine(gather(n(features["entity_features"]), ws), gather(features["entity_valid"], ws),
-                           gather(n(features["object_features"]), ws), gather(features["object_valid"], ws),
-                           gather(batch["entity_target"].to(img.device), ws))
+        l_coarse = self.coarse(img, txt, ids, rows, masked)
+        l_fine = self.fine(g(n(features["entity_features"])), g(features["entity_valid"]),
+                           g(n(features["object_features"])), g(features["object_valid"]),
+                           g(batch["entity_target"].to(img.device)), rows)
         loss = wc * l_coarse + wf * l_fine
         logs = {"loss_coarse": l_coarse.detach(), "loss_fine": l_fine.detach(), "w_coarse": wc, "w_fine": wf,
                 "scale_coarse": self._scale(self.logit_scale).detach(),
                 "scale_fine": self._scale(self.fine_logit_scale).detach()}
         if self.hard_negatives and self.weights["hard_negative"] > 0:
-            l_hard = self.hard(img, txt, ids)
+            l_hard = self.hard(img, txt, ids, rows)
             loss = loss + self.weights["hard_negative"] * l_hard
             logs["loss_hard"] = l_hard.detach()
         logs["loss"] = loss.detach()

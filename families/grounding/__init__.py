@@ -75,4 +75,5 @@ def build_criterion(cfg, rank=0, world_size=1):
                          epochs=cfg["epochs"], fine_cross_sample=l["fine_cross_sample"],
                          hard_negatives=l["hard_negatives"], hard_negative_k=l["hard_negative_k"],
                          masked_negatives=cfg["model"]["masked_negatives"],
-                         init_temperature=l["init_temperature"], rank=rank, world_size=world_size)
+                         init_temperature=l["init_temperature"], local_loss=cfg["local_loss"],
+                         gather_with_grad=cfg["gather_with_grad"], rank=rank, world_size=world_size)
