@@ -1,18 +1,24 @@
 """sCLAP data: FOA encoding direction, manifest round trip, real neg_t / neg_s
 audio, clear errors for bad input."""
 import csv
+import hashlib
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from scipy.io import wavfile
 
+import families.sclap as fam
+from data.cache import UserDataError
 from data.sclap.dataset import (ManifestError, STClothoDataset, collate, load_foa, read_manifest)
 from data.sclap.generate import MANIFEST, MANIFEST_COLUMNS, generate
 from data.sclap.spatial import Room, direction_vector, foa_encode, sector_of
 from models.sclap.classical_doa import angular_error_deg, block_intensity, estimate_two_doas
 from models.sclap.frontend import SpatialFrontEnd
+from training.config import load_config
 
 SR = 16000
 GEN = dict(num_train=3, num_val=2, num_test=2, num_zeroshot=2, gen_seed=1, sample_rate=SR,
@@ -162,3 +168,80 @@ def test_classical_doa_baseline_finds_both_events(dataset_dir):
             errs.append(angular_error_deg(estimate_two_doas(x, SR)[None], target[None])[0])
     # it does not know when the events occur, yet separates them (chance is ~90 deg)
     assert np.mean(errs) < 30.0, errs
+
+
+# A new value for every generator key; each must make prepare_data rebuild.
+CHANGED = {"num_train": 2, "num_val": 2, "num_test": 2, "num_zeroshot": 2, "gen_seed": 7,
+           "sample_rate": 8000, "clip_seconds": 5.0, "event_seconds": [0.6, 1.0],
+           "max_elevation": 10.0, "max_order": 0, "snr_db": [0, 5]}
+
+
+def _tiny_cfg(root, **data):
+    argv = ["--family", "sclap", "--data.root", root, "--data.gen_workers", "1",
+            "--data.num_train", "1", "--data.num_val", "1", "--data.num_test", "1",
+            "--data.num_zeroshot", "1", "--data.max_order", "2"]
+    for k, v in data.items():
+        argv += [f"--data.{k}", json.dumps(v)]
+    return load_config(argv)
+
+
+def _tree(root):
+    """{relative path: sha256} of every file the generator wrote (not the cache's marker/lock)."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            if not f.startswith(".structclip"):
+                with open(os.path.join(d, f), "rb") as fh:
+                    out[os.path.relpath(os.path.join(d, f), root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def test_every_generator_key_is_recorded(tmp_path):
+    """generate() reads no key that the cache's params leave out."""
+    class Recording(dict):
+        def __getitem__(self, k):
+            read.add(k)
+            return super().__getitem__(k)
+    read = set()
+    cfg = _tiny_cfg(str(tmp_path / "d"))
+    generate(Recording({k: cfg["data"][k] for k in fam.GEN_KEYS}, dir=str(tmp_path / "g")), workers=1)
+    assert read - {"dir"} == set(fam.GEN_KEYS) == set(CHANGED)
+    with pytest.raises(ValueError, match="event_seconds.*clip_seconds"):
+        generate(dict(cfg["data"], clip_seconds=3.0, dir=str(tmp_path / "short")))
+
+
+def test_cache_rebuilds_when_any_generator_key_changes(tmp_path, monkeypatch):
+    root = str(tmp_path / "data")
+    fam.prepare_data(_tiny_cfg(root))
+    first = _tree(root)
+    mtime = os.path.getmtime(os.path.join(root, MANIFEST))
+    fam.prepare_data(_tiny_cfg(root))                       # same params: reused, not rewritten
+    assert _tree(root) == first and os.path.getmtime(os.path.join(root, MANIFEST)) == mtime
+    # the default folder (data.root null) is named after all params, so it differs too
+    monkeypatch.setattr(fam, "REPO_ROOT", str(tmp_path / "repo"))
+    base = fam.data_dir(load_config(["--family", "sclap"]))
+    for key, value in CHANGED.items():
+        fam.prepare_data(_tiny_cfg(root, **{key: value}))
+        assert _tree(root) != first, f"data.{key} changed but the old data were reused"
+        fam.prepare_data(_tiny_cfg(root))
+        assert _tree(root) == first, key                    # back to the same bytes
+        other = fam.data_dir(load_config(["--family", "sclap", f"--data.{key}", json.dumps(value)]))
+        assert other != base, key
+
+
+def test_a_users_folder_gets_no_cache_files(dataset_dir, tmp_path, monkeypatch):
+    """data.generate false: the features are cached under the repository's
+    data_cache, and the user's folder stays byte-identical."""
+    user = tmp_path / "mydata"
+    shutil.copytree(dataset_dir, user, ignore=shutil.ignore_patterns("features_*", ".structclip*"))
+    before = _tree(str(user)), sorted(os.listdir(user))
+    monkeypatch.setattr(fam, "REPO_ROOT", str(tmp_path / "repo"))
+    cfg = load_config(["--family", "sclap", "--data.generate", "false", "--data.root", str(user),
+                       "--data.sample_rate", str(SR), "--data.clip_seconds", "4.0"])
+    fam.prepare_data(cfg)
+    ds = fam.build_datasets(cfg)
+    assert ds["train"][0]["feats"].shape == (3, 7, 101, 32)
+    assert (_tree(str(user)), sorted(os.listdir(user))) == before
+    assert os.listdir(fam.cache_dir(cfg)) and fam.cache_dir(cfg).startswith(str(tmp_path / "repo"))
+    with pytest.raises(UserDataError, match="mydata.*--data.generate false"):
+        fam.prepare_data(load_config(["--family", "sclap", "--data.root", str(user)]))

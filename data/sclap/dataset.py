@@ -3,8 +3,9 @@
 Reads <root>/stclotho_manifest.csv (columns: data/sclap/generate.MANIFEST_COLUMNS)
 and the 4-channel FOA WAVs it names. Every problem is reported with the file,
 the field and what was expected. The front end (log-mels + intensity vectors)
-is computed once per split and cached next to the data as a float16 .npy,
-which is what lets two CPU cores train on it.
+is computed once per split and cached as a float16 .npy (next to generated
+data; elsewhere for a user's folder, see families/sclap), which is what lets
+two CPU cores train on it.
 """
 import csv
 import hashlib
@@ -17,15 +18,17 @@ import torch
 from scipy.io import wavfile
 from torch.utils.data import Dataset
 
+from data.cache import UserDataError
 from data.sclap.generate import MANIFEST, MANIFEST_COLUMNS
 from data.sclap.spatial import direction_vector, sector_of
 from models.sclap.frontend import SpatialFrontEnd
 from training.data import item_rng
+from training.io import atomic_write
 
 VARIANTS = ("pos", "neg_t", "neg_s")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserDataError):
     """A manifest row or audio file that does not match the stClotho-style format."""
 
 
@@ -113,28 +116,48 @@ def _doa_target(row, n_events=2):
                      for e in range(1, n_events + 1)]).astype(np.float32)  # [n_events, 3]
 
 
-def cached_features(root, rows, frontend_cfg, tag, batch=32):
-    """Front-end features of the rows' WAVs, [N, 7, T, M] float16, cached as .npy."""
-    key = hashlib.md5(json.dumps([frontend_cfg, [r["file_name"] for r in rows]]).encode()).hexdigest()[:10]
-    path = os.path.join(root, f"features_{tag}_{key}.npy")
-    if os.path.exists(path):
-        return np.load(path, mmap_mode="r")
-    fe = SpatialFrontEnd(**{k: v for k, v in frontend_cfg.items() if k != "clip_seconds"})
-    n = int(frontend_cfg["sample_rate"] * frontend_cfg["clip_seconds"])
-    out = None
-    for i in range(0, len(rows), batch):
-        foa = torch.from_numpy(np.stack([load_foa(os.path.join(root, r["file_name"]),
-                                                  frontend_cfg["sample_rate"], n) for r in rows[i:i + batch]]))
-        logmel, iv = fe(foa)
-        f = torch.cat([logmel, iv], 1).half().numpy()        # [b, 7, T, M]
-        if out is None:
-            out = np.lib.format.open_memmap(path + ".tmp.npy", mode="w+", dtype=np.float16,
-                                            shape=(len(rows),) + f.shape[1:])
-        out[i:i + len(f)] = f
-    out.flush()
-    del out
-    os.replace(path + ".tmp.npy", path)
+def clips_key(root, rows, settings):
+    """A short hash naming what a derived array is computed from: the clips'
+    files (name, size, modification time: a replaced file is a new clip) and
+    the settings of the computation."""
+    files = []
+    for r in rows:
+        st = os.stat(os.path.join(root, r["file_name"]))
+        files.append((r["file_name"], st.st_size, st.st_mtime_ns))
+    return hashlib.md5(json.dumps([settings, files], sort_keys=True).encode()).hexdigest()[:10]
+
+
+def cached_array(path, compute):
+    """np.load(path), or write compute() there first (atomically: another rank
+    computing the same array concurrently writes its own temporary file)."""
+    if not os.path.exists(path):
+        arr = compute()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, lambda f: np.save(f, arr))
     return np.load(path, mmap_mode="r")
+
+
+def cached_features(root, rows, frontend_cfg, tag, cache_dir=None, batch=32):
+    """Front-end features of the rows' WAVs, [N, 7, T, M] float16, cached as
+    .npy in cache_dir (default: root)."""
+    key = clips_key(root, rows, frontend_cfg)
+    path = os.path.join(cache_dir or root, f"features_{tag}_{key}.npy")
+
+    def compute():
+        fe = SpatialFrontEnd(**{k: v for k, v in frontend_cfg.items() if k != "clip_seconds"})
+        n = int(frontend_cfg["sample_rate"] * frontend_cfg["clip_seconds"])
+        out = None
+        for i in range(0, len(rows), batch):
+            foa = torch.from_numpy(np.stack([load_foa(os.path.join(root, r["file_name"]),
+                                                      frontend_cfg["sample_rate"], n)
+                                             for r in rows[i:i + batch]]))
+            logmel, iv = fe(foa)
+            f = torch.cat([logmel, iv], 1).half().numpy()              # [b, 7, T, M]
+            if out is None:
+                out = np.empty((len(rows),) + f.shape[1:], np.float16)
+            out[i:i + len(f)] = f
+        return out
+    return cached_array(path, compute)
 
 
 class STClothoDataset(Dataset):
@@ -142,21 +165,25 @@ class STClothoDataset(Dataset):
     feats [3, 7, T, M] (pos, neg_t, neg_s), doa [3, 2, 3] unit vectors, sectors [3, 2],
     captions / plain_captions (3 strings each), caption_ids / plain_ids [3] (equal ids = same text)."""
 
-    def __init__(self, root, split, frontend_cfg, spec_augment=None, seed=0, with_single=False):
+    def __init__(self, root, split, frontend_cfg, spec_augment=None, seed=0, with_single=False,
+                 cache_dir=None):
         rows = read_manifest(root)
         path = os.path.join(root, MANIFEST)
         self.items = list(group_triplets(rows, split, path).values())
         self.split, self.seed, self.epoch = split, seed, 0
         self.spec_augment = spec_augment if split == "train" else None
         flat = [it[v] for it in self.items for v in VARIANTS]
-        self.feats = cached_features(root, flat, frontend_cfg, split)
+        self.rows = flat                                      # item-major: 3 rows an item
+        self.cache_dir = cache_dir or root
+        self.feats = cached_features(root, flat, frontend_cfg, split, self.cache_dir)
         self.doa = np.stack([_doa_target(r) for r in flat]).reshape(len(self.items), 3, 2, 3)
         self.sectors = np.array([[sector_of(r["event1_azimuth"]), sector_of(r["event2_azimuth"])]
                                  for r in flat]).reshape(len(self.items), 3, 2)
         self.singles = [r for r in rows if r["split"] == split and r["variant"] == "single"]
         self.single_feats = None
         if with_single and self.singles:
-            self.single_feats = cached_features(root, self.singles, frontend_cfg, split + "_single")
+            self.single_feats = cached_features(root, self.singles, frontend_cfg, split + "_single",
+                                                self.cache_dir)
             self.single_doa = np.stack([_doa_target(r, 1)[0] for r in self.singles])
             self.single_sector = np.array([sector_of(r["event1_azimuth"]) for r in self.singles])
         self.root = root

@@ -21,7 +21,8 @@ import numpy as np
 from scipy.io import wavfile
 
 from data.sclap.sounds import CLASS_NAMES, SOUND_CLASSES, synth_event
-from data.sclap.spatial import (SECTOR_WORDS, Room, diffuse_noise, draw_direction)
+from data.sclap.spatial import SECTOR_WORDS, Room, diffuse_noise, draw_direction
+from training.io import atomic_write
 
 MANIFEST = "stclotho_manifest.csv"
 MANIFEST_COLUMNS = ["split", "item_id", "variant", "file_name", "caption", "plain_caption",
@@ -138,9 +139,14 @@ def _job(args):
     return make_item(*args)
 
 
-def generate(cfg, workers=1, progress=True):
+def generate(cfg, workers=1):
     """Write the whole dataset under cfg['dir']; the manifest is written last, so
     its presence marks a complete dataset."""
+    if cfg["event_seconds"][1] + 0.05 >= cfg["clip_seconds"] / 2 or cfg["clip_seconds"] <= 2.0:
+        # each event plays inside its half of the clip; single clips last 1.5 s to clip - 0.5 s
+        raise ValueError(f"data.event_seconds {cfg['event_seconds']} and data.clip_seconds "
+                         f"{cfg['clip_seconds']}: the longest event must fit in half a clip "
+                         f"(event_seconds[1] < clip_seconds / 2 - 0.05) and clip_seconds > 2")
     jobs = []
     for split in ("train", "val", "test"):
         os.makedirs(os.path.join(cfg["dir"], split), exist_ok=True)
@@ -152,10 +158,10 @@ def generate(cfg, workers=1, progress=True):
             results = list(ex.map(_job, jobs, chunksize=16))
     else:
         results = [_job(j) for j in jobs]
-    tmp = os.path.join(cfg["dir"], MANIFEST + ".tmp")
-    with open(tmp, "w", newline="") as f:
+
+    def write(f):
         w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
         w.writeheader()
         for rows in results:
             w.writerows(rows)
-    os.replace(tmp, os.path.join(cfg["dir"], MANIFEST))
+    atomic_write(os.path.join(cfg["dir"], MANIFEST), write, mode="w")
