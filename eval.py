@@ -20,6 +20,7 @@ from training.checkpoint import load_checkpoint
 from training.config import ConfigError, _set_dotted, parse_cli
 from training.precision import resolve_precision
 from training.resources import apply_thread_budget
+from training.state import restore_state
 
 
 def load_stage1(checkpoint, overrides=(), device="cpu"):
@@ -30,10 +31,8 @@ def load_stage1(checkpoint, overrides=(), device="cpu"):
         _set_dotted(cfg, key, value, "command line")
     family = load_family(cfg["family"])
     model = family.build_model(cfg)
-    model.load_state_dict(ckpt["model"])
     criterion = family.build_criterion(cfg, 0, 1)
-    if "criterion" in ckpt:
-        criterion.load_state_dict(ckpt["criterion"])
+    restore_state({"model": model, "criterion": criterion}, ckpt, checkpoint)
     return family, cfg, model.to(device).eval(), criterion.to(device).eval(), ckpt
 
 
@@ -55,6 +54,7 @@ def main(argv=None):
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                           if args.device == "auto" else args.device)
     family, cfg, model, criterion, ckpt = load_stage1(args.checkpoint, parse_cli(rest), device)
+    step = ckpt["train_state"]["step"]
     cfg["precision"], why_precision = resolve_precision(cfg.get("precision", "auto"), device)
     print(f"precision: {cfg['precision']} ({why_precision})\n{apply_thread_budget(cfg)}")
     family.prepare_data(cfg)  # regenerates the same data if the cache was removed
@@ -64,17 +64,17 @@ def main(argv=None):
     writer = SummaryWriter(os.path.join(args.out, "tensorboard"))
     with torch.no_grad():
         metrics = family.evaluate(model, criterion, dataset, cfg, device, out_dir=args.out,
-                                  writer=writer, step=ckpt.get("step", 0))
+                                  writer=writer, step=step)
     writer.close()
     metrics = {k: float(v) if isinstance(v, (int, float)) or torch.is_tensor(v) else v
                for k, v in metrics.items()}
     meta = {"checkpoint": os.path.abspath(args.checkpoint), "split": args.split,
-            "step": ckpt.get("step"), "family": cfg["family"], "git_commit": ckpt.get("git_commit")}
+            "step": step, "family": cfg["family"], "git_commit": ckpt.get("git_commit")}
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1, sort_keys=True)
     with open(os.path.join(args.out, "eval_info.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    print_table(metrics, f"{cfg['family']} {args.split} split, step {ckpt.get('step')}: "
+    print_table(metrics, f"{cfg['family']} {args.split} split, step {step}: "
                          f"{os.path.join(args.out, 'metrics.json')}")
     return metrics
 

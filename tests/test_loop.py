@@ -35,8 +35,8 @@ def test_run_writes_logs_results_and_best_checkpoints(tmp_path):
     assert len([f for f in os.listdir(ck) if f.startswith("best_step_")]) == 2
     assert len([f for f in os.listdir(ck) if f.startswith("step_")]) == 1
     latest = torch.load(os.path.join(ck, "latest.pt"), weights_only=False)
-    for key in ("model", "criterion", "optimizer", "scaler", "scheduler", "step", "epoch", "rng",
-                "data_position", "config", "git_commit"):
+    for key in ("model", "criterion", "optimizer", "scaler", "scheduler", "sampler", "train_state",
+                "config", "git_commit"):
         assert key in latest, key
     # SigLIP's scale and bias were learned (they are in the optimizer)
     assert latest["criterion"]["logit_bias"].item() != -10.0
@@ -78,7 +78,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert proc.returncode == 0, err[-2000:]
     assert "saved step" in out
     latest = torch.load(ck / "latest.pt", weights_only=False)
-    assert latest["step"] > 16 and latest["data_position"]["batch_in_epoch"] > 0
+    assert latest["train_state"]["step"] > 16 and latest["train_state"]["batch_in_epoch"] > 0
 
 
 def test_stage2_loads_stage1_and_linear_keeps_encoder_frozen(tmp_path):

@@ -47,7 +47,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     # latest.pt may not be relinked yet; --resume latest takes the newest step file.
     from training.checkpoint import find_resume
     ck, _ = _weights(find_resume("latest", str(tmp_path / "killed")))
-    assert ck["step"] == 12
+    assert ck["train_state"]["step"] == 12
 
     res = subprocess.run(_run_args(tmp_path, "killed", *common, "--resume", "latest"), cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
@@ -55,7 +55,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert "resuming from" in res.stdout
     a_ck, a = _weights(tmp_path / "full" / "checkpoints" / "latest.pt")
     b_ck, b = _weights(ckdir / "latest.pt")
-    assert a_ck["step"] == b_ck["step"] == 24
+    assert a_ck["train_state"]["step"] == b_ck["train_state"]["step"] == 24
     for k in a:
         assert torch.equal(a[k], b[k]), k
     for sa, sb in zip(a_ck["optimizer"]["state"].values(), b_ck["optimizer"]["state"].values()):
@@ -101,5 +101,5 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     assert "3 non-finite steps in a row at step 4" in res.stderr
     assert "update skipped" in res.stdout + res.stderr
     ck = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pt", weights_only=False)
-    assert ck["step"] == 4
+    assert ck["train_state"]["step"] == 4
     assert all(torch.isfinite(v).all() for v in ck["model"].values())

@@ -70,13 +70,19 @@ def _leaf(v):
     return v
 
 
-def forward_backward(ddp_module, module, micro_batches, epoch, autocast, scaler, device):
+def forward_backward(ddp_module, module, micro_batches, epoch, autocast, scaler, device,
+                     reseed=None):
     """Forward and backward over the micro-batches of one optimizer step.
 
     ``ddp_module`` is the (possibly DDP-wrapped) ModelAndLoss, ``module`` the
-    unwrapped one. Returns (loss, logs) of the full effective batch.
+    unwrapped one. ``reseed(j)``, if given, reseeds the random streams before
+    micro-batch j's first forward (the loop derives it from the data
+    position, so dropout does not depend on how the run was resumed).
+    Returns (loss, logs) of the full effective batch.
     """
     if len(micro_batches) == 1:
+        if reseed is not None:
+            reseed(0)
         with autocast():
             loss, logs = ddp_module(micro_batches[0], epoch=epoch)
         scaler.scale(loss).backward()
@@ -85,7 +91,9 @@ def forward_backward(ddp_module, module, micro_batches, epoch, autocast, scaler,
     # 1. encode without grad, remembering the RNG state before each micro-batch
     cache, states = [], []
     with torch.no_grad():
-        for mb in micro_batches:
+        for j, mb in enumerate(micro_batches):
+            if reseed is not None:
+                reseed(j)
             states.append(_rng_state(device))
             with autocast():
                 cache.append({k: _leaf(v) for k, v in module.model(mb).items()})

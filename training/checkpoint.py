@@ -1,64 +1,24 @@
-"""Checkpoint I/O: atomic writes, keep-last-N and best-K, RNG capture.
+"""Checkpoint files: keep-last-N and best-K in ``logs/<name>/checkpoints/``.
 
-A checkpoint is one ``torch.save`` dict (see ``train_stage1.py``). Files are
-written to a temporary name in the same folder, fsync'ed, then renamed over
-the target, so a kill at any moment leaves either the old or the new file,
-never a torn one. ``latest.pt`` and ``best_*.pt`` are hard links to the step
-files (renamed into place atomically as well).
+A checkpoint is one ``torch.save`` dict of named state dicts (see
+``training/state.py``), written atomically (``training.io``), so a kill at
+any moment leaves either the old or the new file, never a torn one.
+``latest.pt``, ``best.pt`` and ``best_*.pt`` are hard links to the step files
+(relinked atomically as well). Stage 1 and stage 2 write the same layout.
 """
 import glob
 import json
 import os
-import random
 import re
 import subprocess
 
-import numpy as np
 import torch
 
+from training.io import atomic_json, atomic_save, relink
+
+__all__ = ["CheckpointManager", "atomic_save", "find_resume", "git_commit", "load_checkpoint"]
+
 STEP_RE = re.compile(r"step_(\d+)\.pt$")
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # some file systems cannot fsync a directory; the rename still holds
-        pass
-
-
-def atomic_save(obj, path):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
-def _atomic_link(src, dst):
-    tmp = f"{dst}.tmp.{os.getpid()}"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:  # file systems without hard links
-        import shutil
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def atomic_write_json(obj, path):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def git_commit():
@@ -68,22 +28,6 @@ def git_commit():
                               text=True, timeout=5).stdout.strip() or None
     except Exception:
         return None
-
-
-def rng_state():
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class CheckpointManager:
@@ -106,7 +50,7 @@ class CheckpointManager:
     def save(self, state, step, metric=None):
         path = self._step_path(step)
         atomic_save(state, path)
-        _atomic_link(path, os.path.join(self.dir, "latest.pt"))
+        relink(path, os.path.join(self.dir, "latest.pt"))
         if metric is not None and self.keep_best > 0:
             self._update_best(metric, step, path)
         self._prune()
@@ -117,15 +61,15 @@ class CheckpointManager:
         self.best = [b for b in self.best if b[1] != step] + [(float(metric), step, name)]
         self.best.sort(key=lambda b: b[0], reverse=self.mode == "max")
         if any(b[1] == step for b in self.best[: self.keep_best]):
-            _atomic_link(path, os.path.join(self.dir, name))
+            relink(path, os.path.join(self.dir, name))
         for _, _, dropped in self.best[self.keep_best:]:
             p = os.path.join(self.dir, dropped)
             if os.path.exists(p):
                 os.remove(p)
         self.best = self.best[: self.keep_best]
         if self.best:
-            _atomic_link(os.path.join(self.dir, self.best[0][2]), os.path.join(self.dir, "best.pt"))
-        atomic_write_json({"best": self.best, "mode": self.mode}, self.index_path)
+            relink(os.path.join(self.dir, self.best[0][2]), os.path.join(self.dir, "best.pt"))
+        atomic_json(self.index_path, {"best": self.best, "mode": self.mode})
 
     def _prune(self):
         steps = sorted(glob.glob(os.path.join(self.dir, "step_*.pt")))
