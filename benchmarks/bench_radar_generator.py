@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)
 from data.radar.actions import sample_clip  # noqa: E402
 from data.radar.fmcw import RadarConfig  # noqa: E402
 from data.radar.motion import forward_kinematics, sample_body  # noqa: E402
-from data.radar.sim import _resolve, generate_radar_dataset, simulate_clip  # noqa: E402
+from data.radar.sim import generate_radar_dataset, generator_params, simulate_clip  # noqa: E402
 
 
 def clips_per_s(n, workers):
@@ -34,7 +34,7 @@ def clips_per_s(n, workers):
 
 def breakdown(n):
     """Seconds per clip: motion + kinematics alone, and the whole simulation (no file I/O)."""
-    params, cfg = _resolve(1, 1, 1, 0, {}), RadarConfig()
+    params, cfg = generator_params(1, 1, 1, 0), RadarConfig()
     rng = np.random.default_rng(0)
     with threadpool_limits(limits=1, user_api="blas"):
         t0 = time.perf_counter()

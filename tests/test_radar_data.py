@@ -8,11 +8,12 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
+from data.cache import UserDataError, read_marker
 from data.radar.actions import ACTION_NAMES, ACTIONS
 from data.radar.dataset import RadarDataError, RadarTextDataset, collate_radar
 from data.radar.fmcw import RadarConfig, array_kernel_power, hann_kernel_power, kernel_map, radar_maps
 from data.radar.motion import forward_kinematics, sample_body
-from data.radar.sim import body_scatterers, ensure_radar_dataset, generate_radar_dataset
+from data.radar.sim import GENERATOR_DEFAULTS, body_scatterers, ensure_radar_dataset, generate_radar_dataset
 
 CFG = RadarConfig()
 
@@ -218,32 +219,39 @@ def test_views_selection_and_normalisation(generated):
         RadarTextDataset(generated, "val", radar_views="elevation")
 
 
-def test_generation_is_deterministic_cached_and_resumable(generated, tmp_path):
+def test_generation_is_deterministic_and_cached_by_every_parameter(generated, tmp_path):
     root = str(tmp_path / "copy")
-    assert ensure_radar_dataset(root, 6, 3, 4, seed=3, workers=2)       # 2 workers, same bytes
+    assert ensure_radar_dataset(root, 6, 3, 4, seed=3, workers=2) == root   # 2 workers, same bytes
     for sub in ("mmwave/000007.npz", "texts/000007.txt", "meta/000007.json", "_split/test.json"):
         assert open(os.path.join(root, sub), "rb").read() == open(os.path.join(generated, sub), "rb").read()
-    assert not ensure_radar_dataset(root, 6, 3, 4, seed=3)                # cached
-    # A killed run: no DONE, one clip missing -> only that clip is made again.
-    os.remove(os.path.join(root, "DONE"))
-    os.remove(os.path.join(root, "mmwave", "000002.npz"))
-    before = os.path.getmtime(os.path.join(root, "mmwave", "000003.npz"))
-    assert ensure_radar_dataset(root, 6, 3, 4, seed=3)
-    assert os.path.getmtime(os.path.join(root, "mmwave", "000003.npz")) == before
-    assert open(os.path.join(root, "mmwave", "000002.npz"), "rb").read() == \
-        open(os.path.join(generated, "mmwave", "000002.npz"), "rb").read()
-    # Other parameters: a new dataset.
-    assert ensure_radar_dataset(root, 2, 1, 1, seed=4)
+    clip = os.path.join(root, "mmwave", "000003.npz")
+    before = os.stat(clip).st_ino
+    ensure_radar_dataset(root, 6, 3, 4, seed=3)                            # cached: not rebuilt
+    assert os.stat(clip).st_ino == before
+    # The marker holds every generator parameter, so changing any of them rebuilds.
+    params = read_marker(root)["params"]
+    assert set(params) == set(GENERATOR_DEFAULTS) | {"num_train", "num_val", "num_test", "seed",
+                                                     "format_version"}
+    ensure_radar_dataset(root, 6, 3, 4, seed=3, noise_looks=8)
+    assert os.stat(clip).st_ino != before and read_marker(root)["params"]["noise_looks"] == 8
+    ensure_radar_dataset(root, 2, 1, 1, seed=4)                            # other sizes: new data
     assert len(os.listdir(os.path.join(root, "mmwave"))) == 4
+    assert not [n for n in os.listdir(root) if n.startswith(".building")]
     with pytest.raises(ValueError, match="unknown parameters"):
-        generate_radar_dataset(root, 1, 1, 1, bogus=3)
+        ensure_radar_dataset(root, 1, 1, 1, bogus=3)
+
+
+def test_relative_root_resolves_against_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert ensure_radar_dataset("rel/radar", 1, 1, 1, seed=2) == str(tmp_path / "rel" / "radar")
+    assert len(RadarTextDataset(str(tmp_path / "rel" / "radar"), "test")) == 1
 
 
 def _ensure_in_child(root, queue):
     queue.put(ensure_radar_dataset(root, 2, 1, 1, seed=5))
 
 
-def test_concurrent_runs_generate_once(tmp_path):
+def test_concurrent_runs_share_one_dataset(tmp_path):
     """Two runs (e.g. two seeds) starting together: one generates, the other waits and reuses."""
     import multiprocessing as mp
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
@@ -254,14 +262,16 @@ def test_concurrent_runs_generate_once(tmp_path):
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert sorted(queue.get() for _ in procs) == [False, True]
+    assert [queue.get() for _ in procs] == [root, root]
     assert len(RadarTextDataset(root, "train")) == 2
+    assert not [n for n in os.listdir(root) if n.startswith(".building")]
 
 
 def test_refuses_to_overwrite_real_data(tmp_path):
     root = _write_fake(tmp_path, {"a": 120})
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UserDataError, match=r"real.*--data.generate false"):
         ensure_radar_dataset(root, 1, 1, 1)
+    assert sorted(os.listdir(root)) == ["_split", "mmwave"]
 
 
 # ------------------------------------------------------ real-format files

@@ -7,8 +7,10 @@ data/radar/temporal.py adds each clip's order-swapped caption (from
 TextEncoder, CLIPModel); criterion: losses/radar_loss.py. Evaluation,
 figures and stage 2 are the modules beside this one.
 """
+import hashlib
 import os
 
+from data.cache import check_user_folder, resolve_root
 from data.radar.dataset import RadarTextDataset, collate_radar
 from data.radar.sim import ensure_radar_dataset
 from data.radar.temporal import TemporalNegatives
@@ -26,15 +28,29 @@ collate = collate_radar  # tensors stacked, has_swap a BoolTensor, captions as l
 
 
 def data_root(cfg):
-    root = cfg["data"]["root"]
-    return root if os.path.isabs(root) else os.path.join(REPO_ROOT, root)
+    """data.root, absolute (relative to the current directory)."""
+    return resolve_root(cfg["data"]["root"])
+
+
+def derived_dir(cfg):
+    """Where derived files (the text-feature cache) go: inside generated data
+    (our folder), beside the repository's data_cache for a user's folder,
+    which is never written into."""
+    root = data_root(cfg)
+    if cfg["data"]["generate"]:
+        return root
+    return os.path.join(REPO_ROOT, "data_cache", "radar", "derived",
+                        hashlib.md5(root.encode()).hexdigest()[:10])
 
 
 def prepare_data(cfg):
-    d = cfg["data"]
-    ensure_radar_dataset(data_root(cfg), d["num_train"], d["num_val"], d["num_test"],
-                         seed=d["seed"], workers=d["gen_workers"], **(d.get("sim") or {}))
-    build_text_cache(data_root(cfg), cfg["model"]["text"], build_datasets(cfg))
+    d, root = cfg["data"], data_root(cfg)
+    if d["generate"]:
+        ensure_radar_dataset(root, d["num_train"], d["num_val"], d["num_test"], seed=d["seed"],
+                             workers=d["gen_workers"], **(d.get("sim") or {}))
+    else:
+        check_user_folder(root, "radar data (mmExpert format)")
+    build_text_cache(derived_dir(cfg), cfg["model"]["text"], build_datasets(cfg))
 
 
 def build_datasets(cfg):
@@ -48,7 +64,7 @@ def build_datasets(cfg):
 
 def build_model(cfg):
     model = build_clip_model(cfg)
-    load_text_cache(model.text_encoder, data_root(cfg), cfg["model"]["text"])
+    load_text_cache(model.text_encoder, derived_dir(cfg), cfg["model"]["text"])
     return model
 
 

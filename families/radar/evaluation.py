@@ -7,78 +7,42 @@
   higher against the clip;
 - zero-shot action recognition: each single-action clip against the text
   prompts of every action (data_info.json), argmax;
-- figures: example radar maps, the similarity matrix, radar-time x
-  text-token alignment heatmaps (PNG in out_dir, images in TensorBoard).
+- figures (families/radar/figures.py): example radar maps, the similarity
+  matrix, radar-time x text-token alignment heatmaps.
 
 All scores are the configured similarity: the global cosine, plus the
 SequenceSimilarity score when the criterion has one (criterion.fused).
+Everything is encoded under the run's precision (training.evaluation).
 """
 import os
 
 import numpy as np
-
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from data.radar.dataset import collate_radar
 from data.radar.temporal import swapped_for
 from families.radar.figures import write_figures
-from training.data import to_device
-from training.metrics import retrieval_from_scores
-from training.precision import autocast
+from training.evaluation import encode_split, eval_mode, retrieval_scores
+
+RADAR_KEYS = ("radar_features", "radar_seq", "radar_mask")
+TEXT_KEYS = ("text_features", "text_tokens", "text_mask")
+INFO_KEYS = ("captions", "label", "num_actions", "clip_id", "actions")
 
 
-def _autocast(cfg, device):
-    """The run's autocast (fp32, amp fp16, amp_bf16): evaluation encodes as training does."""
-    return autocast(cfg["precision"], device)()
-
-
-def _pad_cat(chunks, dim=1):
-    """Concatenate [n, L_i, ...] chunks along 0, zero-padding dim 1 to the longest."""
-    L = max(c.shape[dim] for c in chunks)
-    out = []
-    for c in chunks:
-        pad = [0, 0] * (c.dim() - dim - 1) + [0, L - c.shape[dim]]
-        out.append(F.pad(c.float() if c.dtype != torch.bool else c.to(torch.uint8), pad))
-    x = torch.cat(out, 0)
-    return x.bool() if chunks[0].dtype == torch.bool else x
-
-
-@torch.no_grad()
 def encode_texts(model, texts, cfg, device, batch_size=256):
-    f, tok, m = [], [], []
-    for i in range(0, len(texts), batch_size):
-        with _autocast(cfg, device):
-            out = model.encode_text(texts[i:i + batch_size])
-        f.append(out["text_features"].float())
-        tok.append(out["text_tokens"].float())
-        m.append(out["text_mask"])
-    return {"text_features": torch.cat(f), "text_tokens": _pad_cat(tok), "text_mask": _pad_cat(m)}
+    """Text features, token features and masks of ``texts`` (list of str), on device."""
+    out = encode_split(model, list(texts), list, cfg, device, keys=TEXT_KEYS,
+                       forward=lambda m, b: m.encode_text(b), batch_size=batch_size)
+    return {k: out[k].to(device) for k in TEXT_KEYS}
 
 
-@torch.no_grad()
-def encode_split(model, dataset, cfg, device):
-    """Radar features of every clip plus the captions and swapped captions."""
-    loader = DataLoader(dataset, batch_size=cfg["eval"]["batch_size"], shuffle=False,
-                        collate_fn=collate_radar, num_workers=0)
-    feats, seqs, masks, info = [], [], [], {"captions": [], "label": [], "num_actions": [],
-                                             "clip_id": [], "actions": []}
-    for batch in loader:
-        batch = to_device(batch, device)
-        with _autocast(cfg, device):
-            out = model.encode_radar(model.radar_views(batch), batch["radar_mask"])
-        feats.append(out["radar_features"].float())
-        seqs.append(out["radar_seq"].float())
-        masks.append(out["radar_mask"])
-        info["captions"] += [list(c) for c in batch["captions"]]
-        info["label"] += batch["label"].tolist()
-        info["num_actions"] += batch["num_actions"].tolist()
-        info["clip_id"] += list(batch["clip_id"])
-        info["actions"] += [list(a) for a in batch["actions"]]
-    radar = {"radar_features": torch.cat(feats), "radar_seq": torch.cat(seqs),
-             "radar_mask": torch.cat(masks)}
-    return radar, info
+def encode_clips(model, dataset, cfg, device):
+    """Radar features of every clip (on device) and the clips' captions,
+    labels, action lists and ids (lists)."""
+    out = encode_split(model, dataset, collate_radar, cfg, device, keys=RADAR_KEYS,
+                       forward=lambda m, b: m.encode_radar(m.radar_views(b), b["radar_mask"]),
+                       collect=INFO_KEYS)
+    return {k: out[k].to(device) for k in RADAR_KEYS}, {k: out[k] for k in INFO_KEYS}
 
 
 @torch.no_grad()
@@ -95,7 +59,7 @@ def score_matrix(criterion, radar, text, chunk=32):
 
 @torch.no_grad()
 def paired_scores(criterion, radar, idx, text):
-    """Configured similarity of clip idx[k] with text k: [K]."""
+    """Configured and global similarity of clip idx[k] with text k: [K] each."""
     f = {k: v[idx] for k, v in radar.items()}
     f.update(text)
     g, s = criterion.pair_scores(f)
@@ -129,51 +93,44 @@ def zeroshot_prompts(dataset):
     return names, [prompts[n] for n in names]
 
 
-@torch.no_grad()
 def evaluate_radar(model, criterion, dataset, cfg, device, out_dir=None, writer=None, step=0):
-    was_training = model.training
-    model.eval()
-    criterion.eval()
-    radar, info = encode_split(model, dataset, cfg, device)
-    texts, text_to_item = [], []
-    for i, caps in enumerate(info["captions"]):
-        texts += caps
-        text_to_item += [i] * len(caps)
-    text = encode_texts(model, texts, cfg, device)
-    scores = score_matrix(criterion, radar, text)  # [Nt, Ni]
-    m = retrieval_from_scores(scores, torch.tensor(text_to_item, dtype=torch.long))
-    metrics = {k.replace("t2i_", "t2r_").replace("i2t_", "r2t_"): v for k, v in m.items()}
-    metrics["t2r_chance_R@10"] = min(1.0, 10 / len(info["captions"]))
+    with eval_mode(model), eval_mode(criterion):
+        radar, info = encode_clips(model, dataset, cfg, device)
+        texts, text_to_item = [], []
+        for i, caps in enumerate(info["captions"]):
+            texts += caps
+            text_to_item += [i] * len(caps)
+        scores = score_matrix(criterion, radar, encode_texts(model, texts, cfg, device))  # [Nt, Ni]
+        metrics = retrieval_scores(scores, text_to_item, "r")
+        metrics["t2r_chance_R@10"] = min(1.0, 10 / len(info["captions"]))
 
-    # temporal order: true caption vs its order-swapped version, same clip
-    pairs = temporal_order_pairs(dataset, info)
-    metrics["temporal_order_pairs"] = len(pairs)
-    pair_text = None
-    if pairs:
-        idx = torch.tensor([p[0] for p in pairs], device=device)
-        pair_text = (encode_texts(model, [p[1] for p in pairs], cfg, device),
-                     encode_texts(model, [p[2] for p in pairs], cfg, device))
-        pos, pos_g = paired_scores(criterion, radar, idx, pair_text[0])
-        neg, neg_g = paired_scores(criterion, radar, idx, pair_text[1])
-        metrics["temporal_order_acc"] = (pos > neg).float().mean().item()
-        metrics["temporal_order_acc_global"] = (pos_g > neg_g).float().mean().item()
+        # temporal order: true caption vs its order-swapped version, same clip
+        pairs = temporal_order_pairs(dataset, info)
+        metrics["temporal_order_pairs"] = len(pairs)
+        pair_text = None
+        if pairs:
+            idx = torch.tensor([p[0] for p in pairs], device=device)
+            pair_text = (encode_texts(model, [p[1] for p in pairs], cfg, device),
+                         encode_texts(model, [p[2] for p in pairs], cfg, device))
+            pos, pos_g = paired_scores(criterion, radar, idx, pair_text[0])
+            neg, neg_g = paired_scores(criterion, radar, idx, pair_text[1])
+            metrics["temporal_order_acc"] = (pos > neg).float().mean().item()
+            metrics["temporal_order_acc_global"] = (pos_g > neg_g).float().mean().item()
 
-    # zero-shot action recognition on single-action clips
-    prompts = zeroshot_prompts(dataset)
-    if prompts is not None:
-        names, phrases = prompts
-        per_action = score_matrix(criterion, radar, encode_texts(model, phrases, cfg, device))
-        single = torch.tensor(info["num_actions"], device=device) == 1
-        labels = torch.tensor(info["label"], device=device)
-        pred = per_action.argmax(0)
-        if bool(single.any()):
-            metrics["zeroshot_action_acc"] = (pred == labels)[single].float().mean().item()
-            metrics["zeroshot_clips"] = int(single.sum())
-            metrics["zeroshot_chance"] = 1.0 / len(names)
+        # zero-shot action recognition on single-action clips
+        prompts = zeroshot_prompts(dataset)
+        if prompts is not None:
+            names, phrases = prompts
+            per_action = score_matrix(criterion, radar, encode_texts(model, phrases, cfg, device))
+            single = torch.tensor(info["num_actions"], device=device) == 1
+            labels = torch.tensor(info["label"], device=device)
+            pred = per_action.argmax(0)
+            if bool(single.any()):
+                metrics["zeroshot_action_acc"] = (pred == labels)[single].float().mean().item()
+                metrics["zeroshot_clips"] = int(single.sum())
+                metrics["zeroshot_chance"] = 1.0 / len(names)
 
-    if out_dir is not None or writer is not None:
-        write_figures(model, criterion, dataset, radar, info, scores, pairs, pair_text,
-                      out_dir, writer, step)
-    model.train(was_training)
-    criterion.train(was_training)
+        if out_dir is not None or writer is not None:
+            write_figures(model, criterion, dataset, radar, info, scores, pairs, pair_text,
+                          out_dir, writer, step)
     return metrics

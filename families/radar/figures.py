@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from training.evaluation import similarity_figure  # noqa: E402
 from training.logger import emit_figure  # noqa: E402
 
 VIEWS = ("range_time", "doppler_time", "azimuth_time")
@@ -29,18 +30,6 @@ def radar_maps_figure(dataset, indices):
             ax.set_title(f"{v}" + (f": {item['caption'][:60]}" if col == 0 else ""), fontsize=8)
             ax.set_xlabel("frame")
     fig.tight_layout()
-    return fig
-
-
-def similarity_figure(scores, caps_first, n=32):
-    rows = caps_first[:n]
-    s = scores[rows][:, :n].float().cpu().numpy()  # [n captions, n clips]
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    im = ax.imshow(s, cmap="magma")
-    ax.set_xlabel("radar clip")
-    ax.set_ylabel("caption (first of each clip)")
-    ax.set_title("text x radar similarity")
-    fig.colorbar(im, ax=ax, fraction=0.046)
     return fig
 
 
@@ -81,7 +70,10 @@ def write_figures(model, criterion, dataset, radar, info, scores, pairs, pair_te
     for caps in info["captions"]:
         first.append(pos)
         pos += len(caps)
-    _emit(similarity_figure(scores, first), "similarity_matrix", out_dir, writer, step)
+    n = 32
+    sim = similarity_figure(scores[first[:n]][:, :n], "radar clip", "caption (first of each clip)",
+                            "text x radar similarity", cmap="magma")  # [n captions, n clips]
+    _emit(sim, "similarity_matrix", out_dir, writer, step)
     seen = set()
     for k, (i, cap, swapped) in enumerate(pairs):
         if i in seen or len(seen) >= 2:

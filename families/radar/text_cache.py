@@ -3,7 +3,8 @@
 A frozen text backbone maps a caption to the same hidden states in every
 run: encode every caption of the dataset once and keep them beside the data
 (fp16), so a series of experiments does not spend minutes on it in every
-run. Off by default, since a single run only meets about a third of the
+run (in the data folder when it is generated, else in data_cache/radar/derived/).
+Off by default, since a single run only meets about a third of the
 captions. The file name holds everything the stored outputs depend on (the
 backbone, ``max_length``, the pooling: ``pooler`` stores the pooled output
 too); a caption missing from the file is encoded as usual when it is met.
@@ -13,12 +14,13 @@ import os
 import torch
 
 from models.text_encoder import TextEncoder
+from training.io import atomic_save
 
 
-def text_cache_path(root, text_cfg):
+def text_cache_path(folder, text_cfg):
     t = text_cfg
     name = (t["model_name"] or "minilm").strip("/").replace("/", "_")
-    return os.path.join(root, "text_cache",
+    return os.path.join(folder, "text_cache",
                         f"{name}_len{t['max_length']}_{t['pooling_strategy']}.pt")
 
 
@@ -41,9 +43,9 @@ def all_captions(datasets):
 
 
 @torch.no_grad()
-def build_text_cache(root, text_cfg, datasets, batch_size=256):
+def build_text_cache(folder, text_cfg, datasets, batch_size=256):
     """Write the cache file unless it exists or the cache is off."""
-    path = text_cache_path(root, text_cfg)
+    path = text_cache_path(folder, text_cfg)
     if os.path.exists(path) or not text_cache_enabled(text_cfg):
         return
     t = text_cfg
@@ -53,14 +55,12 @@ def build_text_cache(root, text_cfg, datasets, batch_size=256):
     for i in range(0, len(texts), batch_size):
         enc(texts[i:i + batch_size])  # fills the encoder's caption cache
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(enc.cache_state(), tmp)
-    os.replace(tmp, path)
+    atomic_save(enc.cache_state(), path)
 
 
-def load_text_cache(text_encoder, root, text_cfg):
+def load_text_cache(text_encoder, folder, text_cfg):
     """Fill ``text_encoder``'s caption cache from the file, if there is one."""
-    path = text_cache_path(root, text_cfg)
+    path = text_cache_path(folder, text_cfg)
     if not (text_cache_enabled(text_cfg) and os.path.exists(path)
             and getattr(text_encoder, "cache_features", False)):
         return
