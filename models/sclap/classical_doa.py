@@ -10,6 +10,9 @@ intensity magnitude). It is told nothing about when the events occur.
 import numpy as np
 from scipy import signal
 
+# Bump when an estimate changes: the evaluation caches the estimates on disk.
+VERSION = 1
+
 
 def block_intensity(foa, sr, n_fft=512, hop=256, block=6, f_lo=100.0, f_hi=7000.0):
     """FOA [4, n] (ACN W, Y, Z, X) -> block intensity vectors [n_blocks, 3] (x front, y left, z up)."""
