@@ -17,7 +17,7 @@ from models.sclap.model import SCLAP, GradientReversal, ModalityClassifier
 def test_gradient_reversal_flips_and_scales(lam):
     x = torch.randn(5, 8, requires_grad=True)
     w = torch.randn(5, 8)
-    y = GradientReversal.apply(x, lam)
+    y = GradientReversal(lam)(x)
     assert torch.equal(y, x)                                        # identity forward
     (y * w).sum().backward()
     torch.testing.assert_close(x.grad, -lam * w)

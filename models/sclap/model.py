@@ -17,21 +17,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from losses.distributed import scale_grad
 from models.sclap.audio import AttentionDOAHead, ConvBranch, DOAHead, TemporalAudioEncoder
 from models.text_encoder import TextEncoder
 
 
-class GradientReversal(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by -lambda_."""
+class GradientReversal(nn.Module):
+    """Seed 002's gradient reversal layer: identity forward; backward
+    multiplies the gradient by -lambda_ (through scale_grad, the project's one
+    gradient-scaling function)."""
 
-    @staticmethod
-    def forward(ctx, x, lambda_):
-        ctx.lambda_ = lambda_
-        return x.view_as(x)
+    def __init__(self, lambda_=1.0):
+        super().__init__()
+        self.lambda_ = lambda_
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        return grad_output.neg() * ctx.lambda_, None
+    def forward(self, x):
+        return scale_grad(x, -self.lambda_)
+
+    def extra_repr(self):
+        return f"lambda_={self.lambda_}"
 
 
 class ModalityClassifier(nn.Module):
@@ -40,7 +44,7 @@ class ModalityClassifier(nn.Module):
 
     def __init__(self, dim, lambda_=1.0):
         super().__init__()
-        self.lambda_ = lambda_
+        self.reverse = GradientReversal(lambda_)
         dims = [dim, dim // 2, dim // 4, dim // 8, dim // 16]
         layers = []
         for a, b in zip(dims[:-1], dims[1:]):
@@ -48,7 +52,7 @@ class ModalityClassifier(nn.Module):
         self.classifier = nn.Sequential(*layers, nn.Linear(dims[-1], 1))
 
     def forward(self, x):
-        return self.classifier(GradientReversal.apply(x, self.lambda_)).squeeze(-1)
+        return self.classifier(self.reverse(x)).squeeze(-1)
 
 
 class TextHead(nn.Module):
