@@ -14,6 +14,7 @@ from data.radar.dataset import RadarDataError, RadarTextDataset, collate_radar
 from data.radar.fmcw import RadarConfig, array_kernel_power, hann_kernel_power, kernel_map, radar_maps
 from data.radar.motion import forward_kinematics, sample_body
 from data.radar.sim import GENERATOR_DEFAULTS, body_scatterers, ensure_radar_dataset, generate_radar_dataset
+from data.radar.temporal import TemporalNegatives
 
 CFG = RadarConfig()
 
@@ -380,3 +381,71 @@ def test_missing_split_and_missing_file(tmp_path):
     os.remove(os.path.join(root, "mmwave", "a.npz"))
     with pytest.raises(RadarDataError, match="a.npz: file not found"):
         RadarTextDataset(root, "train")
+
+
+# ------------------------------------------------------ temporal negatives
+class _Clips:
+    """A RadarTextDataset stand-in: items with captions and a meta dict each."""
+
+    def __init__(self, clips):
+        self.clips = clips  # [(captions, swapped or None (no meta field), num_actions)]
+        self.items = [{"captions": c, "meta": f"meta/{i}.json", "actions": ["a"] * n}
+                      for i, (c, _, n) in enumerate(clips)]
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.clips)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def clip_meta(self, i):
+        swapped = self.clips[i][1]
+        return {} if swapped is None else {"order_swapped_captions": swapped}
+
+    def __getitem__(self, i):
+        caps = self.clips[i][0]
+        return {"radar_mask": torch.ones(4, dtype=torch.bool), "captions": list(caps),
+                "caption": caps[(i + self.epoch) % len(caps)], "clip_id": str(i), "label": 0,
+                "actions": self.items[i]["actions"], "num_actions": len(self.items[i]["actions"])}
+
+
+def test_temporal_negatives_serve_the_index_aligned_swap():
+    base = _Clips([
+        (["walks then jumps", "walking, then jumping"], ["jumps then walks", "jumping, then walking"], 2),
+        (["sits"], [], 1),                                  # one action: no swap
+        (["waves"], None, 1),                               # real data: no meta at all
+        (["a then b", "b after a", "first a then b"], ["b then a"], 2),   # lists not parallel
+    ])
+    ds = TemporalNegatives(base, seed=3)
+    ds.set_epoch(0)
+    assert base.epoch == 0
+    assert ds[0]["swapped_caption"] == "jumps then walks" and ds[0]["has_swap"] is True
+    ds.set_epoch(1)                                          # the base now serves caption 1
+    assert base.epoch == 1 and ds[0]["caption"] == "walking, then jumping"
+    assert ds[0]["swapped_caption"] == "jumping, then walking"
+    for i in (1, 2):                                         # their own caption, skipped by the loss
+        assert ds[i]["swapped_caption"] == ds[i]["caption"] and ds[i]["has_swap"] is False
+    assert ds[3]["swapped_caption"] == "b then a" and ds[3]["has_swap"] is True
+    batch = collate_radar([ds[i] for i in range(4)])
+    assert batch["has_swap"].dtype == torch.bool and batch["has_swap"].tolist() == [True, False, False, True]
+    assert batch["swapped_caption"][0] == "jumping, then walking"
+    assert batch["label"].dtype == torch.long
+
+
+def test_temporal_negatives_pick_reproducibly_when_lists_are_not_parallel():
+    swaps = [f"s{k}" for k in range(5)]
+    base = _Clips([(["c0", "c1"], swaps, 2)] * 3)
+    ds = TemporalNegatives(base, seed=0)
+    picks = {(e, i): None for e in range(4) for i in range(3)}
+    for e, i in picks:
+        ds.set_epoch(e)
+        picks[e, i] = ds[i]["swapped_caption"]
+        assert ds[i]["swapped_caption"] == picks[e, i]      # same (epoch, index): same pick
+    assert set(picks.values()) <= set(swaps) and len(set(picks.values())) > 1
+
+
+def test_bad_swapped_captions_field_names_the_file():
+    base = _Clips([(["c"], "not a list", 2)])
+    with pytest.raises(ValueError, match=r"meta/0.json: field 'order_swapped_captions' must be a list"):
+        TemporalNegatives(base)[0]

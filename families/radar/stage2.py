@@ -5,14 +5,13 @@ probe (encoder frozen), fine-tuned, or from scratch (same architecture,
 random init). Labels are each clip's action (``label``); only single-action
 clips are used, since a clip that chains several actions has no one label.
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from data.radar.dataset import collate_radar
 from models.radar.clip_model import build_radar_encoder
-from training.data import to_device
+from training.evaluation import encode_split
 
 
 class ActionClassifier(nn.Module):
@@ -37,17 +36,16 @@ def loss_fn(pred, batch):
     return loss, {"ce": loss.detach(), "acc": acc.detach()}
 
 
-@torch.no_grad()
 def evaluate(model, dataset, cfg, device, out_dir=None):
-    loader = DataLoader(dataset, batch_size=cfg["eval"]["batch_size"], collate_fn=collate_radar)
-    total, correct, n = 0.0, 0, 0
-    for batch in loader:
-        batch = to_device(batch, device)
-        pred = model(batch).float()
-        total += F.cross_entropy(pred, batch["label"], reduction="sum").item()
-        correct += (pred.argmax(-1) == batch["label"]).sum().item()
-        n += len(batch["label"])
-    return {"loss": total / max(n, 1), "action_acc": correct / max(n, 1), "num_clips": n}
+    """Cross-entropy and accuracy over the split, encoded under the run's precision."""
+    out = encode_split(model, dataset, collate_radar, cfg, device,
+                       forward=lambda m, b: {"logits": m(b), "label": b["label"]})
+    if not out:
+        return {"loss": 0.0, "action_acc": 0.0, "num_clips": 0}
+    logits, label = out["logits"], out["label"]  # [N, C], [N]
+    return {"loss": F.cross_entropy(logits, label).item(),
+            "action_acc": (logits.argmax(-1) == label).float().mean().item(),
+            "num_clips": len(label)}
 
 
 def build_radar_stage2(cfg, splits, stage1_model_state, mode):
