@@ -121,27 +121,31 @@ def bird(rng, sr, dur):
     return out
 
 
-def clap(rng, sr, dur):
+def _strikes(rng, sr, dur, first_max, count, gap, hit):
+    """Impulsive events: `hit()` (a burst [m]) placed count = rng.integers(*count)
+    times, the first within first_max s, then every rng.uniform(*gap) s."""
     out = np.zeros(len(_t(sr, dur)))
-    pos = rng.uniform(0, 0.1)
-    for _ in range(rng.integers(2, 6)):
-        n = int(0.05 * sr)
-        b = _bandpass(rng.standard_normal(n), 800, 5000, sr)
-        _place(out, b * _env(n, 0.001, rng.uniform(0.006, 0.012), sr), int(pos * sr))
-        pos += rng.uniform(0.15, 0.4)
+    pos = rng.uniform(0, first_max)
+    for _ in range(rng.integers(*count)):
+        _place(out, hit(), int(pos * sr))
+        pos += rng.uniform(*gap)
     return out
+
+
+def clap(rng, sr, dur):
+    n = int(0.05 * sr)
+
+    def hit():
+        b = _bandpass(rng.standard_normal(n), 800, 5000, sr)
+        return b * _env(n, 0.001, rng.uniform(0.006, 0.012), sr)
+    return _strikes(rng, sr, dur, 0.1, (2, 6), (0.15, 0.4), hit)
 
 
 def knock(rng, sr, dur):
-    out = np.zeros(len(_t(sr, dur)))
     f = rng.uniform(150, 400)
-    pos = rng.uniform(0, 0.2)
-    for _ in range(rng.integers(2, 5)):
-        t = _t(sr, 0.12)
-        b = (np.sin(2 * np.pi * f * t) + 0.5 * np.sin(2 * np.pi * 2.7 * f * t)) * np.exp(-t / 0.02)
-        _place(out, b, int(pos * sr))
-        pos += rng.uniform(0.12, 0.25)
-    return out
+    t = _t(sr, 0.12)
+    b = (np.sin(2 * np.pi * f * t) + 0.5 * np.sin(2 * np.pi * 2.7 * f * t)) * np.exp(-t / 0.02)
+    return _strikes(rng, sr, dur, 0.2, (2, 5), (0.12, 0.25), lambda: b)
 
 
 def whistle(rng, sr, dur):
@@ -164,17 +168,14 @@ def phone_ring(rng, sr, dur):
 
 
 def drum(rng, sr, dur):
-    out = np.zeros(len(_t(sr, dur)))
     f0 = rng.uniform(60, 120)
-    pos = rng.uniform(0, 0.1)
-    for _ in range(rng.integers(2, 5)):
-        t = _t(sr, 0.3)
-        f = f0 * (1 + 1.5 * np.exp(-t / 0.03))  # pitch drop of a struck membrane
-        hit = np.sin(2 * np.pi * np.cumsum(f) / sr) * np.exp(-t / 0.1)
-        hit += 0.3 * _bandpass(rng.standard_normal(len(t)), 200, 2000, sr) * np.exp(-t / 0.02)
-        _place(out, hit, int(pos * sr))
-        pos += rng.uniform(0.2, 0.45)
-    return out
+    t = _t(sr, 0.3)
+    f = f0 * (1 + 1.5 * np.exp(-t / 0.03))  # pitch drop of a struck membrane
+    tone = np.sin(2 * np.pi * np.cumsum(f) / sr) * np.exp(-t / 0.1)
+
+    def hit():
+        return tone + 0.3 * _bandpass(rng.standard_normal(len(t)), 200, 2000, sr) * np.exp(-t / 0.02)
+    return _strikes(rng, sr, dur, 0.1, (2, 5), (0.2, 0.45), hit)
 
 
 # name -> (synthesiser, caption phrases). Phrases are full clauses so that a
