@@ -25,10 +25,12 @@ import time
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models.timesclip_model import TimesCLIP  # noqa: E402
-from models.timesclip_render import VARIATE_COLOURS, chart_points, line_iou, render_matplotlib, \
+from models.timesclip.model import TimesCLIP  # noqa: E402
+from models.timesclip.render import VARIATE_COLOURS, chart_points, line_iou, render_matplotlib, \
     render_variates  # noqa: E402
 
 
@@ -37,11 +39,9 @@ class ReusedFigure:
     the line's data and colour change before the canvas is drawn again."""
 
     def __init__(self, size=224, line_width=2.0, dpi=100):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         self.size = size
-        self.fig = plt.figure(figsize=(size / dpi, size / dpi), dpi=dpi)
+        self.fig = Figure(figsize=(size / dpi, size / dpi), dpi=dpi)
+        self.canvas = FigureCanvasAgg(self.fig)
         ax = self.fig.add_axes([0, 0, 1, 1])
         ax.set_xlim(0, size)
         ax.set_ylim(size, 0)
@@ -54,8 +54,8 @@ class ReusedFigure:
         px, py = chart_points(torch.as_tensor(np.asarray(series, np.float32)).view(1, -1), self.size)
         self.line.set_data(px.numpy(), py[0].numpy())
         self.line.set_color(colour)
-        self.fig.canvas.draw()
-        return np.array(self.fig.canvas.buffer_rgba())
+        self.canvas.draw()
+        return np.array(self.canvas.buffer_rgba())
 
 
 def rate(fn, n):

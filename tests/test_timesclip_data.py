@@ -1,12 +1,17 @@
 """TimesCLIP data: generator -> file format -> loader, and its errors."""
 import csv
+import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from data.timesclip_dataset import FieldTable, YieldDataset, load_fields, value_columns
-from data.timesclip_generate import BANDS, generate
+from data.cache import MARKER, UserDataError
+from data.timesclip.dataset import FieldTable, YieldDataset, load_fields, value_columns
+from data.timesclip.generate import BANDS, generate
+from families import timesclip as fam
+from training.config import load_config
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -97,3 +102,45 @@ def test_bad_files_raise_clear_errors(tmp_path):
     _write(p, header, [[_row(**{f"SWIR1_{t:02d}": "" for t in range(36)})[c] for c in header]])
     with pytest.raises(ValueError, match=r"field 'SWIR1_\*': no observed value"):
         load_fields(str(p))
+
+
+def _gen_cfg(root, **over):
+    d = {"n_regions": 1, "years": [2018, 2019], "fields_per_region_year": 3, "gen_seed": 0, **over}
+    return load_config(["--family", "timesclip", "--data.root", str(root),
+                        "--data.n_regions", str(d["n_regions"]), "--data.years", json.dumps(d["years"]),
+                        "--data.fields_per_region_year", str(d["fields_per_region_year"]),
+                        "--data.gen_seed", str(d["gen_seed"])])
+
+
+def test_generated_fields_follow_every_generator_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fam.prepare_data(_gen_cfg("rel/tc"))                 # relative: against the current directory
+    path = tmp_path / "rel" / "tc" / "fields.csv"
+    with open(tmp_path / "rel" / "tc" / MARKER) as f:
+        assert json.load(f)["params"] == {"n_regions": 1, "years": [2018, 2019],
+                                          "fields_per_region_year": 3, "gen_seed": 0}
+    before = path.read_bytes()
+    fam.prepare_data(_gen_cfg("rel/tc"))
+    assert path.read_bytes() == before                   # same keys: reused
+    for key, value in (("n_regions", 2), ("years", [2018, 2020]), ("fields_per_region_year", 4),
+                       ("gen_seed", 1)):
+        fam.prepare_data(_gen_cfg("rel/tc", **{key: value}))
+        assert path.read_bytes() != before, key          # any key changed: rebuilt
+        fam.prepare_data(_gen_cfg("rel/tc"))
+        assert path.read_bytes() == before, key          # and back
+
+
+def test_a_users_folder_is_never_written(tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "fields.csv").write_text("my own data")
+    with pytest.raises(UserDataError, match="--data.generate false"):
+        fam.prepare_data(_gen_cfg(user))
+    assert os.listdir(user) == ["fields.csv"] and (user / "fields.csv").read_text() == "my own data"
+    cfg = _gen_cfg(tmp_path / "empty")
+    cfg["data"]["generate"] = False
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserDataError, match="empty/fields.csv: not found"):
+        fam.prepare_data(cfg)
+    with pytest.raises(FileExistsError, match="already exists"):
+        generate(str(user))

@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel
 
+from data.timesclip.dataset import collate
 from losses.timesclip_loss import TimesCLIPLoss
-from models.timesclip_encoders import PatchEmbedding, VisionEncoder, n_patches
-from models.timesclip_model import TimesCLIP
+from models.timesclip.encoders import PatchEmbedding, VisionEncoder, n_patches
+from models.timesclip.model import TimesCLIP
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -101,11 +103,65 @@ def test_frozen_vision_features_are_cached():
                         n_layers=1, n_heads=2, freeze=True)
     x = torch.randn(3, 18, 7)
     a = enc(x)
-    assert len(enc.cache) == 21 and a.shape == (3, 7, 8)
+    assert len(enc.index) == 3 and a.shape == (3, 7, 8)
     enc.body.conv.weight.data.zero_()                       # a cache hit cannot see this
     assert torch.allclose(enc(x), a)
     assert not any(p.requires_grad for p in enc.body.parameters())
     assert enc.proj.weight.requires_grad
+
+
+# What would make a CUDA step wait for the device: reading a tensor back.
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy")
+
+
+def _items(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"x": torch.randn(18, 7, generator=g), "y": torch.randn(18, 7, generator=g), "index": i}
+            for i in range(n)]
+
+
+def test_frozen_vision_cache_lookup_reads_nothing_back_from_the_device(monkeypatch):
+    """The cached step names the batch's series on the host (the collate's
+    keys) and gathers features on the device: no host read at all."""
+    m = TimesCLIP(**dict(SMALL, freeze_vision=True)).eval()
+    batch = collate(_items(4))
+    first = m(batch)
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, lambda *a, _n=name, **k: pytest.fail(f"host read: {_n}"))
+    second = m(batch)
+    monkeypatch.undo()
+    for k in first:
+        assert torch.equal(first[k], second[k]), k
+
+
+def _direct(enc, x):
+    """The frozen features computed without the cache, [B, V, D]."""
+    b, t, v = x.shape
+    with torch.no_grad():
+        img = enc.render(x).reshape(b * v, 3, enc.image_size, enc.image_size)
+        return enc.proj(enc._encode(img)).view(b, v, -1)
+
+
+def test_frozen_vision_cache_is_exact_when_full_with_repeats_and_reloaded():
+    enc = VisionEncoder(d_model=8, image_size=16, backbone="vit", patch_size=8, width=16,
+                        n_layers=1, n_heads=2, freeze=True, cache_size=3)
+    xs = torch.stack([it["x"] for it in _items(5)])               # [5, 18, 7]
+    keys = [b"k0", b"k1", b"k2", b"k3", b"k4"]
+    with torch.no_grad():
+        # rows 0 and 2 repeat one key: encoded once, both rows get its features
+        a = enc(xs[[0, 1, 0]], [keys[0], keys[1], keys[0]])
+        assert len(enc.index) == 2 and torch.allclose(a, _direct(enc, xs[[0, 1, 0]]), atol=1e-6)
+        # two new keys, room for one: the other is computed, not stored
+        b = enc(xs[[1, 2, 3]], keys[1:4])
+        assert len(enc.index) == 3 and torch.allclose(b, _direct(enc, xs[1:4]), atol=1e-6)
+        assert torch.allclose(enc(xs[[3, 2]], [keys[3], keys[2]]), _direct(enc, xs[[3, 2]]), atol=1e-6)
+        # new weights invalidate every cached feature
+        state = {k: torch.randn_like(v) for k, v in enc.state_dict().items()}
+        enc.load_state_dict(state)
+        assert not enc.index
+        assert torch.allclose(enc(xs[:2], keys[:2]), _direct(enc, xs[:2]), atol=1e-6)
+    with pytest.raises(ValueError, match="2 keys for a batch of 3"):
+        enc(xs[:3], keys[:2])
 
 
 def test_short_training_beats_the_mean_forecast():
@@ -136,7 +192,6 @@ def test_pretrained_backbones_load_from_local_dirs(tmp_path):
     # A local CLIP vision checkpoint behind the chart view and a local BERT
     # body (MiniLM's architecture, tiny and random here) behind the new
     # linear tokenizer; the body's weights are the saved ones.
-    from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel
     cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                            num_attention_heads=2, image_size=16, patch_size=8)
     CLIPVisionModel(cfg).save_pretrained(tmp_path / "clip")

@@ -3,7 +3,7 @@ brute-force distance field (every pixel to every segment)."""
 import pytest
 import torch
 
-from models.timesclip_render import VARIATE_COLOURS, chart_points, line_iou, render_lines, \
+from models.timesclip.render import VARIATE_COLOURS, chart_points, line_iou, render_lines, \
     render_matplotlib, render_variates
 
 

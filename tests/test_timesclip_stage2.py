@@ -9,6 +9,7 @@ import torch
 
 import train_stage2
 from families import timesclip as fam
+from families.timesclip import stage2 as fam_stage2
 from training.checkpoint import atomic_save
 from training.config import load_config
 
@@ -40,7 +41,7 @@ def stage1(tmp_path_factory):
         loss.backward()
         opt.step()
     assert {"mse", "align"} <= set(logs)
-    m = fam.evaluate(model, crit, ds["val"], cfg, "cpu", out_dir=str(tmp / "eval"))
+    m = fam.evaluate(model, crit, ds["val"], cfg, torch.device("cpu"), out_dir=str(tmp / "eval"))
     assert {"completion_rmse", "completion_rmse_pct_range", "completion_mae", "v2l_R@1"} <= set(m)
     assert os.path.exists(tmp / "eval" / "forecasts.png")
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -89,3 +90,32 @@ def test_scratch_does_not_load_and_bad_state_is_refused(stage1):
     bad.pop(w)
     with pytest.raises(RuntimeError, match="tokenizer"):
         fam.build_stage2(cfg, bad, "linear")
+
+
+def test_frozen_then_finetune_freezes_then_moves_the_encoder(stage1, monkeypatch):
+    """Two frozen epochs (the encoder bit-identical to stage 1's, the head
+    learning), then fine-tuning moves the encoder. The states are read at
+    each epoch's validation, which the loop calls with the model."""
+    tmp, path, state = stage1
+    seen, real = [], fam_stage2.yield_metrics
+
+    def recording_metrics(model, dataset, cfg, device, out_dir=None):
+        seen.append(({k: v.detach().clone() for k, v in model.encoder.state_dict().items()},
+                     {k: v.detach().clone() for k, v in model.head.state_dict().items()}))
+        return real(model, dataset, cfg, device, out_dir)
+
+    monkeypatch.setattr(fam_stage2, "yield_metrics", recording_metrics)
+    argv = ["--family", "timesclip", "--mode", "frozen_then_finetune", "--init", path,
+            "--logs", str(tmp / "logs"), "--name", "ftf", "--stage2.epochs", "3",
+            "--stage2.frozen_epochs", "2", "--stage2.batch_size", "16", "--workers", "0"]
+    train_stage2.main(argv)
+    assert len(seen) == 4                               # 3 validations + the test split
+    for enc, _ in seen[:2]:                             # phase 1: frozen
+        assert set(enc) == set(state)
+        for k in state:
+            assert torch.equal(enc[k], state[k]), k
+    head0, head1 = seen[0][1], seen[1][1]
+    assert any(not torch.equal(head0[k], head1[k]) for k in head0)   # the head trained meanwhile
+    enc2 = seen[2][0]                                   # phase 2: fine-tuned
+    moved = [k for k in state if state[k].is_floating_point() and not torch.equal(enc2[k], state[k])]
+    assert any(k.startswith("language.") for k in moved) and any(k.startswith("vision.") for k in moved)

@@ -14,38 +14,24 @@ and the honest baselines fitted on the training years only: the training mean
 (``yield_r2_ridge``) and ridge on the whole standardised series
 (``yield_r2_ridge_full``, alpha chosen on the validation years).
 """
-import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+import torch.nn.functional as F
+from matplotlib.figure import Figure
 
-from data.timesclip_dataset import collate
-from data.timesclip_generate import BANDS
-from training.data import to_device
+from data.timesclip.dataset import collate
+from data.timesclip.generate import BANDS
+from training.evaluation import encode_split, retrieval
 from training.logger import emit_figure
 
 NDVI = BANDS.index("NDVI")
 
 
-def _batches(dataset, batch_size=128):
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-
-
-@torch.no_grad()
-def completion_metrics(model, dataset, device, out_dir=None, writer=None, step=0, n_plot=4):
-    model.eval()
-    preds, truths, xs, vis, lang = [], [], [], [], []
-    for batch in _batches(dataset):
-        batch = to_device(batch, device)
-        out = model(batch)
-        preds.append(out["forecast"].float().cpu())
-        truths.append(batch["y"].float().cpu())
-        xs.append(batch["x"].float().cpu())
-        if "vision" in out and "language" in out:
-            vis.append(out["vision"].float().mean(1).cpu())
-            lang.append(out["language"].float().mean(1).cpu())
-    pred, y, x = torch.cat(preds), torch.cat(truths), torch.cat(xs)   # [N, P, V]
+def completion_metrics(model, dataset, cfg, device, out_dir=None, writer=None, step=0):
+    res = encode_split(model, dataset, collate, cfg, device, keys=("forecast", "vision", "language"))
+    h, p = dataset.input_len, dataset.pred_len
+    x, y, pred = dataset.x[:, :h], dataset.x[:, h:h + p], res["forecast"]   # [N, H|P, V]
     err = pred - y
     std = torch.as_tensor(dataset.table.std)                            # [V]
     raw_rmse = (err * std).pow(2).mean((0, 1)).sqrt()                   # [V] band units
@@ -57,28 +43,27 @@ def completion_metrics(model, dataset, device, out_dir=None, writer=None, step=0
          "completion_rmse_ndvi": raw_rmse[NDVI].item()}
     # Honest references: the last observation held (persistence) and the
     # training years' mean continuation (climatology).
-    h, p = x.shape[1], y.shape[1]
     clim = torch.from_numpy(dataset.table.norm_series("train")[:, h:h + p]).mean(0)   # [P, V]
     m["completion_rmse_persistence"] = (x[:, -1:] - y).pow(2).mean().sqrt().item()
     m["completion_rmse_climatology"] = (clim - y).pow(2).mean().sqrt().item()
-    if vis:
-        from training.metrics import retrieval_metrics
-        a = torch.nn.functional.normalize(torch.cat(vis), dim=-1)
-        b = torch.nn.functional.normalize(torch.cat(lang), dim=-1)
-        r = retrieval_metrics(b, a, torch.arange(len(a)))
-        m.update({k.replace("t2i_", "l2v_").replace("i2t_", "v2l_"): v for k, v in r.items()
-                  if k.endswith(("R@1", "R@5", "mean_rank"))})
+    if "vision" in res and "language" in res:
+        # A sample's view embedding is the mean over its variates, as the
+        # sample-level alignment loss sees it.
+        a = F.normalize(res["vision"].mean(1), dim=-1)                  # [N, E]
+        b = F.normalize(res["language"].mean(1), dim=-1)
+        r = retrieval(b, a, torch.arange(len(a)), item="v", text="l")   # l2v_*, v2l_*
+        m.update({k: v for k, v in r.items() if k.endswith(("R@1", "R@5", "mean_rank"))})
     if out_dir is not None or writer is not None:
-        emit_figure(forecast_figure(x, y, pred, n_plot), "forecasts", out_dir, writer, step, tag="val/forecasts")
+        n_plot = cfg["eval"]["plot_samples"]
+        emit_figure(forecast_figure(x, y, pred, n_plot), "forecasts", out_dir, writer, step,
+                    tag="val/forecasts")
     return m
 
 
 def forecast_figure(x, y, pred, n_plot=4):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     n = min(n_plot, len(x))
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.6), squeeze=False)
+    fig = Figure(figsize=(3.2 * n, 2.6))
+    axes = fig.subplots(1, n, squeeze=False)
     h = x.shape[1]
     for i, ax in enumerate(axes[0]):
         ax.plot(range(h), x[i, :, NDVI], "k-", label="input")
@@ -123,14 +108,11 @@ def baselines(table, split):
     return out
 
 
-@torch.no_grad()
-def yield_metrics(model, dataset, device, out_dir=None):
-    model.eval()
-    preds = []
-    for batch in _batches(dataset):
-        preds.append(model(to_device(batch, device)).float().cpu())
+def yield_metrics(model, dataset, cfg, device, out_dir=None):
     t = dataset.table
-    pred = torch.cat(preds).numpy().astype(np.float64) * t.y_std + t.y_mean   # t/ha
+    pred = encode_split(model, dataset, collate, cfg, device,
+                        forward=lambda m, batch: {"yield": m(batch)})["yield"]
+    pred = pred.numpy().astype(np.float64) * t.y_std + t.y_mean          # [N] t/ha
     y = dataset.y_raw.numpy().astype(np.float64)
     m = {"loss": float(np.mean(((pred - y) / t.y_std) ** 2)),
          "yield_rmse": float(np.sqrt(np.mean((pred - y) ** 2))),
@@ -142,15 +124,13 @@ def yield_metrics(model, dataset, device, out_dir=None):
         m[f"yield_rmse_{k}"] = float(np.sqrt(np.mean((p - y) ** 2)))
     m["beats_ridge"] = float(m["yield_r2"] > m["yield_r2_ridge"])
     if out_dir is not None:
-        yield_figure(y, pred, base["ridge"], m, os.path.join(out_dir, "yield_scatter.png"))
+        emit_figure(yield_figure(y, pred, base["ridge"], m), "yield_scatter", out_dir)
     return m
 
 
-def yield_figure(y, pred, ridge, m, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(4, 4))
+def yield_figure(y, pred, ridge, m):
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
     ax.scatter(y, ridge, s=6, c="0.6", label=f"ridge NDVI (R2 {m['yield_r2_ridge']:.2f})")
     ax.scatter(y, pred, s=6, c="C3", label=f"TimesCLIP (R2 {m['yield_r2']:.2f})")
     lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
@@ -159,6 +139,4 @@ def yield_figure(y, pred, ridge, m, path):
     ax.set_ylabel("predicted yield (t/ha)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

@@ -35,14 +35,15 @@ class YieldModel(nn.Module):
                                   nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
         self.linear = nn.Linear(dim, 1)
 
-    def features(self, x):
-        """x [B, T, V] -> [B, F]."""
-        h, p = self.encoder.input_len, self.encoder.pred_len
+    def features(self, x, keys=None):
+        """x [B, T, V] -> [B, F]. ``keys``: host-side names of the B seasons;
+        a window's name adds its start (the frozen chart cache's keys)."""
+        h, p, t = self.encoder.input_len, self.encoder.pred_len, x.shape[1]
         first, second = x[:, :h], x[:, h:h + p]
         parts = []
-        enc1 = self.encoder.encode(first)
+        enc1 = self.encoder.encode(first, None if keys is None else [(k, 0) for k in keys])
         if self.use_first_last:
-            enc2 = self.encoder.encode(x[:, x.shape[1] - h:])
+            enc2 = self.encoder.encode(x[:, t - h:], None if keys is None else [(k, t - h) for k in keys])
             parts += [enc1["variates"].flatten(1), enc2["variates"].flatten(1)]   # [B, V*D] x 2
         if self.use_forecast_error:
             err = second - self.encoder.forecast_from(enc1, first)                  # [B, P, V]
@@ -52,6 +53,6 @@ class YieldModel(nn.Module):
         return torch.cat([q.float() for q in parts], 1)
 
     def forward(self, batch):
-        x = batch["x"] if isinstance(batch, dict) else batch
-        f = self.norm(self.features(x))                             # [B, F]
+        x = batch["x"] if isinstance(batch, dict) else batch        # [B, T, V]
+        f = self.norm(self.features(x, batch.get("key") if isinstance(batch, dict) else None))  # [B, F]
         return (self.head(f) + self.linear(f)).squeeze(-1)          # [B]

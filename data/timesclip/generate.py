@@ -1,5 +1,5 @@
 """Synthetic crop field-seasons driven by crop physics, written in the
-TimesCLIP file format (see ``data/timesclip_dataset.py`` for the format).
+TimesCLIP file format (see ``data/timesclip/dataset.py`` for the format).
 
 Per field-season, a daily simulation (vectorised over fields):
 - weather: seasonal temperature and radiation with a (region, year) anomaly
@@ -17,17 +17,25 @@ Per field-season, a daily simulation (vectorised over fields):
 
 Yield therefore depends on the whole trajectory (integrated green cover times
 light, stress timing), not only on peak NDVI. Run:
-``python -m data.timesclip_generate --out data_cache/timesclip/default``.
+``python -m data.timesclip.generate --out data_cache/timesclip/default``
+(the folder the training run would make for the same parameters:
+``ensure_fields`` keeps generated data under the shared rule of
+data/cache.py, so a folder holding anything else is refused).
 """
 import argparse
 import csv
+import io
 import os
 
 import numpy as np
 
+from data.cache import ensure_generated
+from training.io import atomic_write
+
 BANDS = ("NIR", "RVI", "SWIR1", "blue", "EVI", "NDVI", "red")
 N_STEPS = 36        # ten-day composites per season
 DAYS = N_STEPS * 10
+FIELDS = "fields.csv"
 
 
 def _region_climates(n_regions, rng):
@@ -139,7 +147,13 @@ def to_variates(bands, rng, noise=0.03):
 
 def generate(out_dir, n_regions=4, years=(2018, 2019, 2020, 2021, 2022),
              fields_per_region_year=100, seed=0):
-    """Write ``out_dir/fields.csv``; returns its path."""
+    """Write ``out_dir/fields.csv`` (a new file: an existing one is never
+    overwritten); returns its path. ``ensure_fields`` is the cached entry
+    point."""
+    path = os.path.join(out_dir, FIELDS)
+    if os.path.exists(path):
+        raise FileExistsError(f"{path}: already exists; the generator writes only new files "
+                              f"(ensure_fields keeps a generated folder up to date)")
     rng = np.random.default_rng(seed)
     clim = _region_climates(n_regions, rng)
     rows = []
@@ -160,18 +174,29 @@ def generate(out_dir, n_regions=4, years=(2018, 2019, 2020, 2021, 2022),
         for i in range(len(region)):
             rows.append((f"r{region[i]}_y{year}_f{i % fields_per_region_year:04d}",
                          f"region{region[i]}", year, y[i], series[i]))
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["field_id", "region", "year", "yield_t_ha"]
+               + [f"{b}_{t:02d}" for b in BANDS for t in range(N_STEPS)])
+    for fid, reg, year, y, s in rows:
+        vals = ["" if np.isnan(v) else f"{v:.5f}" for v in s.T.reshape(-1)]  # band-major
+        w.writerow([fid, reg, year, f"{y:.4f}"] + vals)
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "fields.csv")
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["field_id", "region", "year", "yield_t_ha"]
-                   + [f"{b}_{t:02d}" for b in BANDS for t in range(N_STEPS)])
-        for fid, reg, year, y, s in rows:
-            vals = ["" if np.isnan(v) else f"{v:.5f}" for v in s.T.reshape(-1)]  # band-major
-            w.writerow([fid, reg, year, f"{y:.4f}"] + vals)
-    os.replace(tmp, path)
+    atomic_write(path, text.getvalue().encode("utf-8"))
     return path
+
+
+def ensure_fields(root, n_regions, years, fields_per_region_year, gen_seed):
+    """The path of ``root/fields.csv`` generated for exactly these parameters
+    (every one the generator reads, recorded in the cache marker), built
+    unless it is already there; relative roots resolve against the current
+    directory."""
+    params = {"n_regions": n_regions, "years": list(years),
+              "fields_per_region_year": fields_per_region_year, "gen_seed": gen_seed}
+    root = ensure_generated(root, params, lambda tmp: generate(tmp, n_regions, tuple(years),
+                                                              fields_per_region_year, gen_seed),
+                            "TimesCLIP fields")
+    return os.path.join(root, FIELDS)
 
 
 def main():
@@ -182,7 +207,7 @@ def main():
     p.add_argument("--fields-per-region-year", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    print(generate(a.out, a.n_regions, tuple(a.years), a.fields_per_region_year, a.seed))
+    print(ensure_fields(a.out, a.n_regions, a.years, a.fields_per_region_year, a.seed))
 
 
 if __name__ == "__main__":

@@ -35,10 +35,14 @@ own buffer hold them; a quarter of the memory to write); float [0, 1] is what
 the model consumes. Both equal a brute-force distance field over every pixel
 and segment (tests/test_timesclip_render.py).
 """
+import io
 import sys
 
+import matplotlib.image
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 # One fixed colour per variate (matplotlib's tab10), in BANDS order.
 VARIATE_COLOURS = (
@@ -245,13 +249,12 @@ def render_matplotlib(series, colour, size=224, line_width=2.0, margin=None, dpi
     does). series [T] (numpy or tensor) -> [3, size, size] float in [0, 1];
     ``raw``: Agg's own RGBA buffer as drawn, numpy [size, size, 4] uint8 (its
     cheapest output: no conversion)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    # Figure + Agg canvas directly: the same renderer as pyplot's Agg backend,
+    # without touching the user's pyplot backend or figure registry.
     s = torch.as_tensor(np.asarray(series, np.float32)).view(1, -1)
     px, py = chart_points(s, size, margin)
-    fig = plt.figure(figsize=(size / dpi, size / dpi), dpi=dpi)
+    fig = Figure(figsize=(size / dpi, size / dpi), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
     ax = fig.add_axes([0, 0, 1, 1])
     ax.set_xlim(0, size)
     ax.set_ylim(size, 0)          # pixel rows grow downwards, like the torch canvas
@@ -259,19 +262,16 @@ def render_matplotlib(series, colour, size=224, line_width=2.0, margin=None, dpi
     ax.plot(px.numpy(), py[0].numpy(), color=colour, linewidth=line_width * 72.0 / dpi,
             antialiased=True, solid_capstyle="round", solid_joinstyle="round")
     if via_png:
-        import io
         f = io.BytesIO()
         fig.savefig(f, format="png", dpi=dpi)
         f.seek(0)
-        img = plt.imread(f)[..., :3].astype(np.float32)
+        img = matplotlib.image.imread(f)[..., :3].astype(np.float32)
     else:
-        fig.canvas.draw()
-        img = np.asarray(fig.canvas.buffer_rgba())              # keeps the buffer alive
+        canvas.draw()
+        img = np.asarray(canvas.buffer_rgba())
         if raw:
-            plt.close(fig)
             return img
         img = img[..., :3].astype(np.float32) / 255.0
-    plt.close(fig)
     return torch.from_numpy(img.copy()).permute(2, 0, 1)
 
 

@@ -11,7 +11,7 @@ min-max normalised and carries no level.
 import torch
 import torch.nn as nn
 
-from models.timesclip_encoders import LanguageEncoder, VisionEncoder, n_patches
+from models.timesclip.encoders import LanguageEncoder, VisionEncoder, n_patches
 
 
 class VariateSelection(nn.Module):
@@ -58,12 +58,13 @@ class TimesCLIP(nn.Module):
                                           nn.Linear(d_model, pred_len))
         self.feature_dim = d_model
 
-    def encode(self, x):
+    def encode(self, x, keys=None):
         """x [B, T, V] -> dict: ``tokens`` [B, V, M, D] after variate
         selection (language), ``variates`` [B, V, D] per-variate embedding,
-        ``vision`` / ``language`` [B, V, embed_dim] for alignment."""
+        ``vision`` / ``language`` [B, V, embed_dim] for alignment. ``keys``:
+        host-side names of the B series (the frozen chart cache's keys)."""
         out = {}
-        vis = self.vision(x) if self.use_vision else None          # [B, V, D]
+        vis = self.vision(x, keys) if self.use_vision else None    # [B, V, D]
         if self.use_language:
             tok = self.language(x)                                  # [B, V, 1+M, D]
             cls, patches = tok[:, :, 0], tok[:, :, 1:]
@@ -88,7 +89,7 @@ class TimesCLIP(nn.Module):
 
     def forward(self, batch):
         x = batch["x"] if isinstance(batch, dict) else batch        # [B, T_in, V]
-        enc = self.encode(x)
+        enc = self.encode(x, batch.get("key") if isinstance(batch, dict) else None)
         out = {"forecast": self.forecast_from(enc, x)}
         for k in ("vision", "language"):
             if k in enc:

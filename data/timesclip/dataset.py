@@ -1,7 +1,7 @@
 """TimesCLIP file format, its loader and the two datasets (stage 1 completion,
 stage 2 yield).
 
-File format (``<root>/fields.csv``, UTF-8 CSV with a header; one row per
+File format (``<data.root>/fields.csv``, UTF-8 CSV with a header; one row per
 field-season; the generator writes it and users' own series use the same):
 
     field_id,region,year,yield_t_ha,NIR_00,...,NIR_35,RVI_00,...,red_35
@@ -15,13 +15,15 @@ field-season; the generator writes it and users' own series use the same):
   is an error.
 """
 import csv
+import hashlib
 import os
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.timesclip_generate import BANDS, N_STEPS
+from data.cache import resolve_root
+from data.timesclip.generate import BANDS, FIELDS, N_STEPS
 from training.data import item_rng
 
 META = ("field_id", "region", "year", "yield_t_ha")
@@ -37,7 +39,7 @@ def load_fields(path, n_steps=N_STEPS):
     empty), ``year`` [N] int64, ``region`` and ``field_id`` lists."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: fields file not found (expected the TimesCLIP CSV, "
-                                f"see data/timesclip_dataset.py)")
+                                f"see data/timesclip/dataset.py)")
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -103,9 +105,20 @@ def fill_gaps(raw):
     return out
 
 
+def fields_path(data_cfg):
+    """``<data.root>/fields.csv``, the root resolved against the current
+    directory (generated there, or a user's with ``data.generate false``)."""
+    return os.path.join(resolve_root(data_cfg["root"]), FIELDS)
+
+
 class FieldTable:
     """All rows of one fields file, split by year, with normalisation
     statistics from the training years only."""
+
+    @classmethod
+    def from_config(cls, data_cfg):
+        d = data_cfg
+        return cls(fields_path(d), d["train_years"], d["val_years"], d["test_years"])
 
     def __init__(self, path, train_years, val_years, test_years):
         self.path = path
@@ -208,6 +221,16 @@ def augment(x, y, ds, rng, a):
     return x, y
 
 
+def series_key(x):
+    """A host-side name for a series' content (16-byte digest): the frozen
+    chart encoder caches by it, so a cached lookup never reads the batch
+    back from the device."""
+    return hashlib.blake2b(x.numpy().tobytes(), digest_size=16).digest()
+
+
 def collate(items):
+    """Stack the items; ``key``: each item's ``series_key(x)`` (a list of
+    bytes, taken on the host where the items are built)."""
     out = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+    out["key"] = [series_key(it["x"]) for it in items]
     return out

@@ -1,0 +1,53 @@
+"""TimesCLIP family (seed 003): crop time series as charts and as tokens.
+
+Stage 1 (``train_stage1.py --family timesclip``): first ``input_len`` ten-day
+composites -> the next ``pred_len`` (MSE + lambda * alignment).
+Stage 2 (``train_stage2.py --family timesclip --init CKPT``): the whole season
+-> yield, reusing the stage-1 encoder (families/timesclip/stage2.py).
+
+Data: ``<data.root>/fields.csv`` (format: data/timesclip/dataset.py), generated
+there (data/timesclip/generate.py) or, with ``data.generate false``, a file
+of the user's. The pieces live in data/timesclip/, models/timesclip/,
+losses/timesclip_loss.py and families/timesclip/evaluation.py; this module
+only wires them to the loop.
+"""
+import os
+
+from data.cache import UserDataError, check_user_folder
+from data.timesclip.dataset import CompletionDataset, FieldTable, collate, fields_path  # noqa: F401
+from data.timesclip.generate import ensure_fields
+from families.timesclip.evaluation import completion_metrics
+from families.timesclip.stage2 import build_stage2  # noqa: F401
+from losses.timesclip_loss import TimesCLIPLoss
+from models.timesclip.model import build_timesclip
+
+
+def prepare_data(cfg):
+    d = cfg["data"]
+    if d["generate"]:
+        ensure_fields(d["root"], d["n_regions"], d["years"], d["fields_per_region_year"], d["gen_seed"])
+        return
+    check_user_folder(d["root"], "TimesCLIP fields")
+    if not os.path.isfile(fields_path(d)):
+        raise UserDataError(f"{fields_path(d)}: not found (data.generate is false: data.root must "
+                            f"hold the TimesCLIP fields CSV, format in data/timesclip/dataset.py)")
+
+
+def build_datasets(cfg):
+    t, d = FieldTable.from_config(cfg["data"]), cfg["data"]
+    return {s: CompletionDataset(t, s, d["input_len"], d["pred_len"]) for s in ("train", "val", "test")}
+
+
+def build_model(cfg):
+    return build_timesclip(cfg["model"], cfg["data"])
+
+
+def build_criterion(cfg, rank=0, world_size=1):
+    lc = cfg["loss"]
+    return TimesCLIPLoss(lc["align"], lc["align_level"], lc["align_weight"], lc["level_weights"],
+                         local_loss=cfg["local_loss"], gather_with_grad=cfg["gather_with_grad"],
+                         rank=rank, world_size=world_size)
+
+
+def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, step=0):
+    return completion_metrics(model, dataset, cfg, device, out_dir, writer, step)
