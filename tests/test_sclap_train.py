@@ -5,6 +5,7 @@ import os
 import torch
 
 import families.sclap as fam
+import train_stage1
 from tests.conftest import train_steps
 from training.config import load_config
 
@@ -39,3 +40,22 @@ def test_short_training_learns_doa_and_writes_metrics(tmp_path):
     assert test["gallery_size"] == 8
     for name in ("frontend", "doa_polar", "similarity"):   # log-mel + intensity panels, DOA, similarity
         assert os.path.getsize(tmp_path / "eval" / f"sclap_{name}.png") > 1000
+
+
+def test_accum_freq_2_ends_with_the_weights_of_accum_freq_1(tmp_path, one_torch_thread):
+    """Through train_stage1.main: 3 steps of global batch 4 as 2 micro-batches
+    of 2 give the weights of 3 steps of 4 at once (dropout off)."""
+    args = ["--family", "sclap", "--data.root", str(tmp_path / "data"), "--data.num_train", "12",
+            "--data.num_val", "2", "--data.num_test", "2", "--data.num_zeroshot", "0",
+            "--data.gen_workers", "1", "--data.max_order", "2", "--model.channels", "[8,8,16]",
+            "--model.embed_dim", "32", "--model.temporal_heads", "4", "--model.dropout", "0.0",
+            "--precision", "fp32", "--workers", "0", "--batch-size", "4", "--max-steps", "3",
+            "--val-every", "0", "--save-every", "0", "--logs", str(tmp_path / "logs")]
+    ck = {}
+    for k in (1, 2):
+        train_stage1.main(args + ["--name", f"accum{k}", "--accum-freq", str(k)])
+        ck[k] = torch.load(tmp_path / "logs" / f"accum{k}" / "checkpoints" / "latest.pt", weights_only=False)
+        assert ck[k]["train_state"]["step"] == 3
+    for part in ("model", "criterion"):
+        for name, w in ck[1][part].items():
+            torch.testing.assert_close(ck[2][part][name], w, atol=1e-5, rtol=1e-4, msg=f"{part}.{name}")

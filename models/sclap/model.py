@@ -61,11 +61,11 @@ class TextHead(nn.Module):
     MiniLM's mean-pooled sentence vector barely separates "A, then B" from
     "B, then A"; this layer learns to."""
 
-    def __init__(self, dim, layers=1, heads=4, max_len=77):
+    def __init__(self, dim, layers=1, heads=4, max_len=77, dropout=0.1):
         super().__init__()
         self.pos = nn.Parameter(torch.zeros(1, max_len, dim))
         nn.init.normal_(self.pos, std=0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, 0.1, batch_first=True,
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 2, dropout, batch_first=True,
                                            activation="gelu", norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out = nn.Linear(dim, dim)
@@ -80,7 +80,8 @@ class SCLAP(nn.Module):
     def __init__(self, embed_dim=256, channels=(32, 32, 64), freq_patch=8, use_temporal_encoder=True,
                  n_chunks=4, temporal_layers=2, temporal_heads=8, use_modality_classifier=True,
                  grl_lambda=1.0, n_events=2, doa_head="attention", doa_time_steps=8, doa_iv_skip=True,
-                 text_model=None, text_layers=1, freeze_text_backbone=True, unfreeze_last_n=0):
+                 text_model=None, text_layers=1, freeze_text_backbone=True, unfreeze_last_n=0,
+                 dropout=0.1):
         super().__init__()
         self.sed_branch = ConvBranch(1, channels, freq_patch)
         self.doa_branch = ConvBranch(7, channels, freq_patch)
@@ -90,7 +91,8 @@ class SCLAP(nn.Module):
         self.w = nn.Parameter(torch.ones(embed_dim))  # joint = sed + w * doa
         self.temporal = None
         if use_temporal_encoder:
-            self.temporal = TemporalAudioEncoder(2 * C, embed_dim, n_chunks, temporal_layers, temporal_heads)
+            self.temporal = TemporalAudioEncoder(2 * C, embed_dim, n_chunks, temporal_layers, temporal_heads,
+                                                 dropout)
             self.final_audio_projection = nn.Linear(2 * embed_dim, embed_dim)
         self.doa_dir_proj = None
         if doa_head == "attention":
@@ -106,7 +108,7 @@ class SCLAP(nn.Module):
         self.text_encoder = TextEncoder(model_name=text_model, embed_dim=embed_dim,
                                         freeze_backbone=freeze_text_backbone,
                                         unfreeze_last_n=unfreeze_last_n)
-        self.text_head = TextHead(embed_dim, text_layers) if text_layers > 0 else None
+        self.text_head = TextHead(embed_dim, text_layers, dropout=dropout) if text_layers > 0 else None
         self.modality_classifier = (ModalityClassifier(embed_dim, grl_lambda)
                                     if use_modality_classifier else None)
 
