@@ -10,7 +10,7 @@ import torch
 import train_stage2
 from families import timesclip as fam
 from families.timesclip import stage2 as fam_stage2
-from training.checkpoint import atomic_save
+from training.io import atomic_save
 from training.config import load_config
 
 
@@ -28,7 +28,8 @@ TINY = ["--data.n_regions", "2", "--data.years", "[2018, 2019, 2020]",
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tc_s2")
-    cfg = load_config(["--family", "timesclip", "--data.root", str(tmp / "data")] + TINY)
+    cfg = load_config(["--family", "timesclip", "--data.root", str(tmp / "data"),
+                       "--precision", "fp32"] + TINY)
     fam.prepare_data(cfg)
     ds = fam.build_datasets(cfg)
     torch.manual_seed(0)
