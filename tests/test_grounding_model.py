@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models.grounding.model import roi_object_features, span_pool
+from models.grounding.model import GroundingModel, roi_object_features, span_pool
 
 
 def test_roi_align_equals_pooling_over_the_boxs_patches():
@@ -50,7 +50,6 @@ def _batch(B=3, S=32, E=2, O=3):
 @pytest.mark.parametrize("pooling,cross", [("roi_align", True), ("crop", False)])
 def test_forward_is_per_sample(pooling, cross):
     """The contract: a sample's features do not depend on the rest of the batch."""
-    from models.grounding.model import GroundingModel
     torch.manual_seed(0)
     model = GroundingModel(image_size=32, patch_size=8, vision_width=32, vision_depth=1, vision_heads=2,
                            embed_dim=32, object_pooling=pooling, crop_size=16, cross_attention=cross).eval()

@@ -3,55 +3,44 @@
 Entity spans <-> object boxes on scenes in the Flickr30k Entities format
 (generated, or the real dataset via data.generate false and data.root).
 """
-import json
 import os
-import shutil
-import time
 
+from data.cache import check_user_folder, ensure_generated, resolve_root
 from data.grounding.dataset import GroundingDataset, collate  # noqa: F401  (contract)
 from data.grounding.generate import generate
 from families.grounding.evaluation import evaluate  # noqa: F401  (contract)
 from losses.grounding_loss import GroundingLoss
 from models.grounding.model import GroundingModel
-from training.config import REPO_ROOT
 
-MARKER = "_generated.json"
+# every argument of data.grounding.generate.generate, in its order: the cache marker records them all
+GEN_KEYS = ("num_train", "num_val", "num_test", "gen_image_size", "captions_per_image", "gen_seed")
 
 
 def data_root(cfg):
+    """data.root (relative: against the current directory), or by default a
+    folder per generator setting, so that settings do not evict each other."""
     d = cfg["data"]
-    root = d["root"]
-    if not root:
-        root = os.path.join("data_cache", "grounding",
-                            f"synth_{d['num_train']}_{d['num_val']}_{d['num_test']}_"
-                            f"{d['gen_image_size']}px_c{d['captions_per_image']}_s{d['gen_seed']}")
-    return root if os.path.isabs(root) else os.path.join(REPO_ROOT, root)
+    root = d["root"] or os.path.join("data_cache", "grounding",
+                                     f"synth_{d['num_train']}_{d['num_val']}_{d['num_test']}_"
+                                     f"{d['gen_image_size']}px_c{d['captions_per_image']}_s{d['gen_seed']}")
+    return resolve_root(root)
 
 
 def prepare_data(cfg):
     d, root = cfg["data"], data_root(cfg)
     if not d["generate"]:
+        check_user_folder(root, "Flickr30k Entities")
         for sub in ("flickr30k-images", "Sentences", "Annotations"):
             if not os.path.isdir(os.path.join(root, sub)):
                 raise FileNotFoundError(f"{os.path.join(root, sub)}: missing (data.root must hold the "
                                         "Flickr30k Entities layout, or set data.generate true)")
         return
-    if os.path.exists(os.path.join(root, MARKER)):
-        return
-    # written to a private folder and renamed into place when complete, so runs
-    # started together never read a half-made cache (the first rename wins)
-    tmp = f"{root}.tmp-{os.getpid()}"
-    secs = generate(tmp, d["num_train"], d["num_val"], d["num_test"], d["gen_image_size"],
-                    d["captions_per_image"], d["gen_seed"])
-    with open(os.path.join(tmp, MARKER), "w") as f:
-        json.dump({"seconds": round(secs, 1), "time": time.ctime()}, f)
-    if os.path.isdir(root) and not os.path.exists(os.path.join(root, MARKER)):
-        shutil.rmtree(root)  # a cache left half-made by an older, interrupted run
-    try:
-        os.rename(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp)  # another run finished first: use its copy
-    print(f"grounding: generated data in {root} in {secs:.1f} s")
+
+    def build(tmp):
+        secs = generate(tmp, *(d[k] for k in GEN_KEYS))
+        print(f"grounding: generated data in {root} in {secs:.1f} s")
+
+    ensure_generated(root, {k: d[k] for k in GEN_KEYS}, build, "grounding scenes")
 
 
 def build_datasets(cfg):

@@ -11,119 +11,75 @@ prediction; it is correct if its IoU with a gold box of the phrase's chain is
 >= eval.iou_threshold (R@1 at IoU >= 0.5). `entity_object_chance` is the
 expected accuracy of picking a candidate uniformly at random.
 """
-import os
-
-import matplotlib
-matplotlib.use("Agg")  # figures are files and TensorBoard images, never a window
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 from torchvision.ops import box_iou
 
+from data.grounding.views import (CaptionEntities, ImageBoxes, collate_caption_entities,
+                                  collate_image_boxes, image_boxes)
+from training.evaluation import encode_split, eval_mode, retrieval, similarity_figure
 from training.logger import emit_figure
-from training.metrics import retrieval_metrics
+from training.precision import autocast as make_autocast
 
 
-def _pad(rows, width, fill=0.0):
-    out = torch.full((len(rows), max(width, 1), *rows[0].shape[1:]), fill, dtype=rows[0].dtype)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return out
+def _encode_images(model, batch):
+    image_features, patches = model.encode_image(batch["image"])
+    return {"image_features": image_features,                               # [B, D]
+            "patches": patches,                                             # [B, P, C]
+            "object_features": model.encode_objects(batch["image"], patches, batch["boxes"]),  # [B, n, D]
+            "box_valid": batch["box_valid"]}                                # [B, n]
 
 
-def _image_boxes(dataset, i):
-    ann = dataset.records[i]["ann"]
-    scale = torch.tensor([dataset.S / ann.width, dataset.S / ann.height] * 2)
-    return torch.tensor(ann.boxes, dtype=torch.float32).reshape(-1, 4) * scale   # [n, 4]
+def _caption_encoder(patches):
+    """Caption forward; its entities attend to their own image's patches [Ni, P, C]."""
+    def forward(model, batch):
+        text_features, ent, ok, _, _ = model.encode_text(batch["caption"], batch["entity_spans"],
+                                                         batch["entity_valid"])
+        p = patches[batch["image_index"].cpu()].to(ent.device)              # [B, P, C]
+        return {"text_features": text_features,                             # [B, D]
+                "entity_features": model.entity_features(ent, p),           # [B, E, D]
+                "entity_ok": ok,                                            # [B, E] span kept its tokens
+                "image_index": batch["image_index"]}
+    return forward
 
 
-@torch.no_grad()
-def encode_split(model, dataset, device, batch_size=128):
-    """Image features [Ni, D], patches [Ni, P, C], per-image candidate object
-    features (list of [n_i, D]) and boxes (list of [n_i, 4])."""
-    img_f, patches, obj_f, boxes = [], [], [], []
-    for s in range(0, len(dataset), batch_size):
-        idx = list(range(s, min(s + batch_size, len(dataset))))
-        image = torch.stack([dataset.get(i, 0)["image"] for i in idx]).to(device)
-        bx = [_image_boxes(dataset, i) for i in idx]
-        f, p = model.encode_image(image)
-        o = model.encode_objects(image, p, _pad(bx, max(len(b) for b in bx)).to(device))
-        img_f.append(F.normalize(f.float(), dim=-1).cpu())
-        patches.append(p.float().cpu())
-        obj_f += [F.normalize(o[k, :len(b)].float(), dim=-1).cpu() for k, b in enumerate(bx)]
-        boxes += bx
-    return torch.cat(img_f), torch.cat(patches), obj_f, boxes
-
-
-@torch.no_grad()
-def encode_captions(model, dataset, patches, device, batch_size=128):
-    """Caption features [Nt, D], text->image [Nt], and for each caption its
-    entities: (features [e, D], gold chain boxes as candidate masks)."""
-    txt_f, t2i, entities = [], [], []
-    pairs = dataset.pairs
-    for s in range(0, len(pairs), batch_size):
-        chunk = pairs[s:s + batch_size]
-        caps, spans, golds = [], [], []
-        for i, c in chunk:
-            cap, ann = dataset.records[i]["captions"][c], dataset.records[i]["ann"]
-            ph = [(p.start, p.end, ann.chain_boxes(p.chain)) for p in cap.phrases if ann.chain_boxes(p.chain)]
-            caps.append(cap.text)
-            spans.append(torch.tensor([(a, b) for a, b, _ in ph], dtype=torch.long).reshape(-1, 2))
-            golds.append([g for _, _, g in ph])
-        E = max(len(g) for g in golds)
-        sp = _pad(spans, E).to(device)
-        valid = (torch.arange(max(E, 1))[None] < torch.tensor([len(g) for g in golds])[:, None]).to(device)
-        tf, ent, ent_valid, _, _ = model.encode_text(caps, sp, valid)
-        img_idx = torch.tensor([i for i, _ in chunk])
-        ent = model.entity_features(ent, patches[img_idx].to(device))
-        txt_f.append(F.normalize(tf.float(), dim=-1).cpu())
-        t2i.append(img_idx)
-        ent = F.normalize(ent.float(), dim=-1).cpu()
-        for k, g in enumerate(golds):
-            ok = ent_valid[k, :len(g)].cpu()
-            entities.append((ent[k, :len(g)], g, ok))
-    return torch.cat(txt_f), torch.cat(t2i), entities
-
-
-def entity_object_accuracy(entities, t2i, obj_f, boxes, iou_threshold=0.5):
+def entity_object_accuracy(ent, ent_ok, golds, t2i, obj, boxes, iou_threshold=0.5):
+    """ent [Nt, E, D] and obj [Ni, n, D] L2-normalised; ent_ok [Nt, E] bool;
+    golds[t][e] the gold box indices of caption t's entity e; t2i [Nt] the
+    image of each caption; boxes[i] [n_i, 4] the candidates of image i."""
     correct, chance, n = 0.0, 0.0, 0
-    for (ent, golds, ok), i in zip(entities, t2i.tolist()):
-        if len(golds) == 0:
+    for t, (g_t, i) in enumerate(zip(golds, t2i.tolist())):
+        if not g_t:
             continue
-        iou = box_iou(boxes[i], boxes[i])                          # [n, n] candidates x candidates
-        sims = ent @ obj_f[i].t()                                  # [e, n]
-        for e, g in enumerate(golds):
-            hit = (iou[:, g] >= iou_threshold).any(1)              # [n] candidates that count as right
+        k = len(boxes[i])
+        iou = box_iou(boxes[i], boxes[i])                                  # [k, k] candidates x candidates
+        sims = ent[t, :len(g_t)] @ obj[i, :k].t()                          # [e, k]
+        for e, g in enumerate(g_t):
+            hit = (iou[:, g] >= iou_threshold).any(1)                      # [k] candidates that count as right
             n += 1
             chance += hit.float().mean().item()
             # a phrase whose tokens were truncated away has no feature: it counts as a miss
-            correct += float(ok[e] and hit[sims[e].argmax()].item())
+            correct += float(ent_ok[t, e] and hit[sims[e].argmax()].item())
     return {"entity_object_acc": correct / max(n, 1), "entity_object_chance": chance / max(n, 1),
             "num_entities": n}
 
 
-def similarity_matrix(txt_f, img_f, t2i, n):
-    """Caption x image similarities for the first n images' first captions."""
+def first_caption_block(txt_f, img_f, t2i, n):
+    """[m, m] similarities of the first m <= n images' first captions to those images."""
     first = [int((t2i == i).nonzero()[0]) for i in range(min(n, len(img_f))) if (t2i == i).any()]
-    sim = (txt_f[first] @ img_f[: len(first)].t()).numpy()
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    im = ax.imshow(sim, cmap="viridis")
-    ax.set_xlabel("image")
-    ax.set_ylabel("caption (of image with the same index)")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    return fig
+    return txt_f[first] @ img_f[: len(first)].t()
 
 
-@torch.no_grad()
-def entity_heatmaps(model, dataset, patches, device, n, max_entities=3):
+def entity_heatmaps(model, dataset, patches, cfg, device, n, max_entities=3):
     """Per entity: cosine similarity of its feature to every patch's object
     feature, over the image, with the gold box drawn."""
     n = min(n, len(dataset))
     fig, axes = plt.subplots(n, max_entities + 1, figsize=(2.4 * (max_entities + 1), 2.6 * n), squeeze=False)
     g = dataset.grid
+    autocast = make_autocast(cfg["precision"], device)
     for r in range(n):
         item = dataset.get(r, 0)
         cap = dataset.records[r]["captions"][0]
@@ -131,11 +87,12 @@ def entity_heatmaps(model, dataset, patches, device, n, max_entities=3):
         img = ((item["image"].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
         axes[r, 0].imshow(img)
         axes[r, 0].set_title(cap.text[:40], fontsize=6)
-        p = patches[r:r + 1].to(device)                                     # [1, P, C]
-        _, ent, valid, _, _ = model.encode_text([cap.text], item["entity_spans"][None].to(device),
-                                                item["entity_valid"][None].to(device))
-        ent = F.normalize(model.entity_features(ent, p).float(), dim=-1)[0]    # [E, D]
-        pf = F.normalize(model.object_proj(p).float(), dim=-1)[0]           # [P, D]
+        with eval_mode(model), autocast():
+            p = patches[r:r + 1].to(device)                                 # [1, P, C]
+            _, ent, valid, _, _ = model.encode_text([cap.text], item["entity_spans"][None].to(device),
+                                                    item["entity_valid"][None].to(device))
+            ent = F.normalize(model.entity_features(ent, p).float(), dim=-1)[0]    # [E, D]
+            pf = F.normalize(model.object_proj(p).float(), dim=-1)[0]       # [P, D]
         heat = (ent @ pf.t()).reshape(-1, g, g).cpu().numpy()
         phrases = [ph for ph in cap.phrases if ann.chain_boxes(ph.chain)]
         for e in range(max_entities):
@@ -155,19 +112,25 @@ def entity_heatmaps(model, dataset, patches, device, n, max_entities=3):
 
 
 def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, step=0):
-    was_training = model.training
-    model.eval()
-    bs = cfg["eval"]["batch_size"]
-    img_f, patches, obj_f, boxes = encode_split(model, dataset, device, bs)
-    txt_f, t2i, entities = encode_captions(model, dataset, patches, device, bs)
-    metrics = retrieval_metrics(txt_f, img_f, t2i)
-    metrics.update(entity_object_accuracy(entities, t2i, obj_f, boxes, cfg["eval"]["iou_threshold"]))
+    device = torch.device(device)
+    norm = lambda x: F.normalize(x, dim=-1)
+    images = ImageBoxes(dataset)
+    im = encode_split(model, images, collate_image_boxes, cfg, device, forward=_encode_images)
+    captions = CaptionEntities(dataset)
+    cap = encode_split(model, captions, collate_caption_entities, cfg, device,
+                       forward=_caption_encoder(im["patches"]))
+    img_f, txt_f, t2i = norm(im["image_features"]), norm(cap["text_features"]), cap["image_index"]
+    metrics = retrieval(txt_f, img_f, t2i, item="i")
+    boxes = [image_boxes(dataset, i) for i in range(len(dataset))]
+    metrics.update(entity_object_accuracy(norm(cap["entity_features"]), cap["entity_ok"], captions.golds(),
+                                          t2i, norm(im["object_features"]), boxes, cfg["eval"]["iou_threshold"]))
     metrics["gallery_size"] = len(dataset)
     metrics["num_captions"] = len(t2i)
     if out_dir is not None or writer is not None:
-        figs = {"similarity_matrix": similarity_matrix(txt_f, img_f, t2i, cfg["eval"]["num_matrix"]),
-                "entity_heatmaps": entity_heatmaps(model, dataset, patches, device, cfg["eval"]["num_heatmaps"])}
+        block = first_caption_block(txt_f, img_f, t2i, cfg["eval"]["num_matrix"])
+        figs = {"similarity_matrix": similarity_figure(block, "image", "caption (of image with the same index)"),
+                "entity_heatmaps": entity_heatmaps(model, dataset, im["patches"], cfg, device,
+                                                   cfg["eval"]["num_heatmaps"])}
         for name, fig in figs.items():
             emit_figure(fig, name, out_dir, writer, step, tag=f"grounding/{name}")
-    model.train(was_training)
     return metrics
