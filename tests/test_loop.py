@@ -1,5 +1,5 @@
 """The loop's outputs: TensorBoard scalars, results.jsonl, best-K checkpoints,
-parameter groups, bf16 autocast, SIGTERM."""
+parameter groups, bf16 autocast, SIGTERM and Ctrl-C, no temporary files left."""
 import json
 import os
 import signal
@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from tests.conftest import ROOT, TINY_YAML
@@ -34,6 +35,7 @@ def test_run_writes_logs_results_and_best_checkpoints(tmp_path):
     assert sorted(b[1] for b in index["best"]) == sorted(x["step"] for x in best_steps)
     assert len([f for f in os.listdir(ck) if f.startswith("best_step_")]) == 2
     assert len([f for f in os.listdir(ck) if f.startswith("step_")]) == 1
+    assert not [f for f in os.listdir(ck) if ".tmp." in f]
     latest = torch.load(os.path.join(ck, "latest.pt"), weights_only=False)
     for key in ("model", "criterion", "optimizer", "scaler", "scheduler", "sampler", "train_state",
                 "config", "git_commit"):
@@ -62,23 +64,40 @@ def test_param_groups_decay_and_multipliers(tiny_cfg):
         param_groups({"model": fam.build_model(tiny_cfg)}, tiny_cfg)
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
+def _start_slow_run(tmp_path, name):
     cmd = [sys.executable, os.path.join(ROOT, "train_stage1.py"), "--config", TINY_YAML, "--logs",
-           str(tmp_path), "--name", "t", "--val-every", "0", "--save-every", "0",
+           str(tmp_path), "--name", name, "--val-every", "0", "--save-every", "0",
            "--data.delay_ms", "5", "--epochs", "50"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ck = tmp_path / "t" / "checkpoints"
+    ck = tmp_path / name / "checkpoints"
     deadline = time.time() + 120
     while not (ck / "step_00000016.pt").exists():  # end of the first epoch
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.02)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
+    return proc, ck
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_save_and_exit_cleanly(tmp_path, sig):
+    proc, ck = _start_slow_run(tmp_path, "t")
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert "saved step" in out
     latest = torch.load(ck / "latest.pt", weights_only=False)
     assert latest["train_state"]["step"] > 16 and latest["train_state"]["batch_in_epoch"] > 0
+
+
+def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
+    proc, ck = _start_slow_run(tmp_path, "t")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.03)  # two signals at once would reach Python's handler as one
+    proc.send_signal(signal.SIGINT)  # the step under way (~0.2 s) has not ended yet
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "exiting without saving" in err and "saved step" not in out
+    assert sorted(f for f in os.listdir(ck) if f.startswith("step_")) == ["step_00000016.pt"]
 
 
 def test_stage2_loads_stage1_and_linear_keeps_encoder_frozen(tmp_path):

@@ -103,3 +103,14 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     ck = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pt", weights_only=False)
     assert ck["train_state"]["step"] == 4
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_relinking_best_to_the_same_file_leaves_no_temporary(tmp_path):
+    """best.pt already names the best step: relinking it is a no-op rename
+    (two links to one inode) that used to leave best.pt.tmp.<pid> behind."""
+    from training.checkpoint import CheckpointManager
+    m = CheckpointManager(str(tmp_path), keep_last=2, keep_best=2, mode="max")
+    for step, metric in [(1, 0.5), (2, 0.4), (3, 0.3)]:  # step 1 stays the best
+        m.save({"model": {}, "config": {}, "train_state": {"step": step}}, step, metric)
+    assert not [f for f in os.listdir(tmp_path) if ".tmp." in f], os.listdir(tmp_path)
+    assert os.path.samefile(tmp_path / "best.pt", tmp_path / "best_step_00000001.pt")

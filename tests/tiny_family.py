@@ -90,7 +90,11 @@ class Criterion(nn.Module):
         super().__init__()
         lc = cfg["loss"]
         self.siglip = lc["use_siglip"]
+        # a NaN loss from training call inject_nan_from on, for inject_nan_count calls
+        # (None: for ever), on rank inject_nan_rank only (None: every rank)
         self.inject_nan_from = lc.get("inject_nan_from")
+        self.inject_nan_count = lc.get("inject_nan_count")
+        self.inject = lc.get("inject_nan_rank") in (None, rank)
         self.calls = 0
         if self.siglip:
             self.loss = SigLipLoss(rank=rank, world_size=world_size)
@@ -108,7 +112,9 @@ class Criterion(nn.Module):
             loss = self.loss(features["a"], features["b"], self.logit_scale.exp(), ids=batch["id"])
         if self.training:
             self.calls += 1
-            if self.inject_nan_from is not None and self.calls > self.inject_nan_from:
+            start, count = self.inject_nan_from, self.inject_nan_count
+            if (self.inject and start is not None and self.calls > start
+                    and (count is None or self.calls <= start + count)):
                 loss = loss * float("nan")
         return loss, {"loss_contrastive": loss.detach()}
 
