@@ -245,3 +245,11 @@ def test_a_users_folder_gets_no_cache_files(dataset_dir, tmp_path, monkeypatch):
     assert os.listdir(fam.cache_dir(cfg)) and fam.cache_dir(cfg).startswith(str(tmp_path / "repo"))
     with pytest.raises(UserDataError, match="mydata.*--data.generate false"):
         fam.prepare_data(load_config(["--family", "sclap", "--data.root", str(user)]))
+
+
+def test_a_relative_root_resolves_against_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _tiny_cfg("rel/data")
+    assert fam.data_dir(cfg) == str(tmp_path / "rel" / "data")
+    fam.prepare_data(cfg)
+    assert os.path.exists(tmp_path / "rel" / "data" / MANIFEST)
