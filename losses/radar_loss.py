@@ -12,17 +12,28 @@ loss = CLIP or SigLIP on the global features (seed 001 sec. 3.4, both
 
 Owns the learnable ``logit_scale`` (a log; the loop clamps it to log 100),
 the SigLIP ``logit_bias`` and the SequenceSimilarity head with its own scale.
-The sequence matrix covers the local batch only (its token features are
-not gathered across ranks).
+
+Distributed: every term is the single-process loss on the global batch
+(mean over ranks of the per-rank losses, and of their gradients, as DDP
+takes it). The global term is ClipLoss/SigLipLoss's; the sequence matrix
+gathers the token features of every rank (text tokens padded to the longest
+across ranks) with ClipLoss's flags: by default other ranks' features are
+constants, the global matrix is computed on every rank and this rank's
+feature gradient is multiplied by world_size; ``gather_with_grad`` gathers
+with gradient; ``local_loss`` computes only this rank's rows and columns.
+The temporal-negative term is per sample, divided by the global number of
+multi-action clips; consistency is a per-sample mean (equal shards).
 """
 import math
 import zlib
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from losses import ClipLoss, SigLipLoss
+from losses.distributed import all_gather_no_grad, all_gather_with_grad, scale_grad
 from models.radar.sequence_similarity import SequenceSimilarity
 
 
@@ -33,14 +44,17 @@ def caption_ids(captions, device):
                         dtype=torch.long, device=device)
 
 
+def soft_ce(logits, row_ids, col_ids):
+    """Mean CE of [n, N] logit rows with soft targets spread over every column
+    that shares the row's id."""
+    pos = (row_ids.unsqueeze(1) == col_ids.unsqueeze(0)).float()
+    return -(pos / pos.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
+
+
 def multi_positive_ce(logits, ids):
     """Symmetric CE on a [B, B] logit matrix with soft targets spread over every
     column/row that shares the row's id."""
-    pos = (ids.unsqueeze(0) == ids.unsqueeze(1)).float()
-    target = pos / pos.sum(1, keepdim=True)
-    r2t = -(target * F.log_softmax(logits, 1)).sum(1).mean()
-    t2r = -(target * F.log_softmax(logits.t(), 1)).sum(1).mean()
-    return (r2t + t2r) / 2
+    return (soft_ce(logits, ids, ids) + soft_ce(logits.t(), ids, ids)) / 2
 
 
 class RadarContrastiveLoss(nn.Module):
@@ -51,6 +65,12 @@ class RadarContrastiveLoss(nn.Module):
                  consistency_weight=0.0, rank=0, world_size=1, local_loss=False,
                  gather_with_grad=False):
         super().__init__()
+        if local_loss and not gather_with_grad:
+            raise ValueError("RadarContrastiveLoss(local_loss=True, gather_with_grad=False) gives "
+                             "wrong gradients (see losses/clip_loss.py); use --local-loss with "
+                             "--gather-with-grad, or leave --local-loss off")
+        self.rank, self.world_size = rank, world_size
+        self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
         self.use_siglip = use_siglip
         if use_siglip:
             # SigLIP's init (log 10 scale, -10 bias); both are in the optimizer.
@@ -91,6 +111,48 @@ class RadarContrastiveLoss(nn.Module):
         with the weight it has in the loss (both are cosines)."""
         return g if s is None else g.float() + s
 
+    # --- across ranks ------------------------------------------------------------
+    def _gather(self, x):
+        """[n, ...] -> [world_size * n, ...] in rank order; masks and ids carry no gradient."""
+        if self.world_size == 1:
+            return x
+        if not x.is_floating_point():
+            return all_gather_no_grad(x, self.rank, self.world_size)
+        if self.gather_with_grad:
+            return all_gather_with_grad(x, self.rank, self.world_size)
+        # the global loss on every rank: undo DDP's 1/world_size on this rank's features
+        return all_gather_no_grad(scale_grad(x, float(self.world_size)), self.rank, self.world_size)
+
+    def _gather_seq(self, x, mask):
+        """Token features [n, L, D] and mask [n, L], L differing across ranks ->
+        [N, L_max, D], [N, L_max] (zero padding, masked)."""
+        if self.world_size > 1:
+            L = torch.tensor(x.shape[1], device=x.device)
+            dist.all_reduce(L, op=dist.ReduceOp.MAX)
+            pad = int(L) - x.shape[1]
+            x, mask = F.pad(x, (0, 0, 0, pad)), F.pad(mask, (0, pad))
+        return self._gather(x), self._gather(mask)
+
+    def _global_count(self, n):
+        """The sum of the int tensor ``n`` over ranks."""
+        if self.world_size > 1:
+            n = n.clone()
+            dist.all_reduce(n)
+        return n
+
+    def sequence_loss(self, f, ids):
+        """Multi-positive CE on the SequenceSimilarity matrix of the global batch."""
+        rs, rm = self._gather_seq(f["radar_seq"], f["radar_mask"])       # [N, T, D], [N, T]
+        ts, tm = self._gather_seq(f["text_tokens"], f["text_mask"])      # [N, L, D], [N, L]
+        all_ids = self._gather(ids)
+        scale = self.seq_logit_scale.exp()
+        if self.local_loss and self.world_size > 1:
+            own = slice(self.rank * len(ids), (self.rank + 1) * len(ids))
+            r2t = self.seq(rs[own], rm[own], ts, tm)                      # [n, N]
+            t2r = self.seq(rs, rm, ts[own], tm[own]).t()                  # [n, N]
+            return (soft_ce(scale * r2t, ids, all_ids) + soft_ce(scale * t2r, ids, all_ids)) / 2
+        return multi_positive_ce(scale * self.seq(rs, rm, ts, tm), all_ids)  # [N, N]
+
     # --- the loss ---------------------------------------------------------------
     def forward(self, f, batch, epoch=0):
         r = F.normalize(f["radar_features"], dim=-1)  # [B, D]
@@ -103,16 +165,12 @@ class RadarContrastiveLoss(nn.Module):
             loss_global = self.global_loss(r, t, scale, ids=ids)
         logs = {"loss_clip": loss_global.detach(), "logit_scale": scale.detach()}
         loss = loss_global
-        S = None
         if self.seq is not None:
-            S = self.seq(f["radar_seq"], f["radar_mask"], f["text_tokens"], f["text_mask"])
-            ids = caption_ids(batch["caption"], r.device)
-            loss_seq = multi_positive_ce(self.seq_logit_scale.exp() * S, ids)
+            loss_seq = self.sequence_loss(f, caption_ids(batch["caption"], r.device))
             loss = loss + self.seq_weight * loss_seq
             logs["loss_seq"] = loss_seq.detach()
         if self.temporal_negative_weight > 0 and "swap_features" in f:
-            pos = self.fused((r * t).sum(-1), None if S is None else S.diagonal())
-            loss_tn = self.temporal_negative_loss(f, batch, scale, pos)
+            loss_tn = self.temporal_negative_loss(f, batch, scale)
             loss = loss + self.temporal_negative_weight * loss_tn
             logs["loss_temporal_neg"] = loss_tn.detach()
         if self.consistency_weight > 0 and "aug_features" in f:
@@ -123,19 +181,22 @@ class RadarContrastiveLoss(nn.Module):
         logs["loss_total"] = loss.detach()
         return loss, logs
 
-    def temporal_negative_loss(self, f, batch, scale, pos):
+    def temporal_negative_loss(self, f, batch, scale):
         """Two-way CE, per multi-action clip: (clip, caption) against (clip,
         order-swapped caption) and against (time-reversed clip, caption), on the
-        same fused score that evaluation ranks by."""
+        same fused score that evaluation ranks by. The sum over this rank's
+        clips is divided by the global count (times world_size: DDP averages)."""
         has = batch["has_swap"].to(f["radar_features"].device)  # [B] bool
-        if not bool(has.any()):
+        count = int(self._global_count(has.sum()))
+        if count == 0:
             return f["radar_features"].sum() * 0.0
+        pos = self.fused(*self.pair_scores(f))
         swap = self.fused(*self.pair_scores(f, text="swap"))
         rev = self.fused(*self.pair_scores(f, radar="rev"))
         # The contrastive scale, detached: these terms must not drive the temperature.
         s = scale.detach()
         l = F.softplus(s * (swap - pos)) + F.softplus(s * (rev - pos))  # [B]
-        return (l * has).sum() / has.sum()
+        return (l * has).sum() * self.world_size / count
 
 
 def build_radar_criterion(cfg, rank=0, world_size=1):
