@@ -1,6 +1,7 @@
 """Runs survive SIGKILL: resumption is bit-identical, checkpoints are atomic,
 non-finite steps are skipped and then stop the run with the last good
 checkpoint intact."""
+import json
 import os
 import signal
 import subprocess
@@ -14,9 +15,9 @@ from tests.conftest import ROOT, TINY_YAML
 PY = sys.executable
 
 
-def _run_args(logs, name, *extra):
+def _run_args(logs, name, *extra, val_every=0):
     return [PY, os.path.join(ROOT, "train_stage1.py"), "--config", TINY_YAML, "--logs", str(logs),
-            "--name", name, "--val-every", "0", *extra]
+            "--name", name, "--val-every", str(val_every), *extra]
 
 
 def _weights(path):
@@ -25,19 +26,27 @@ def _weights(path):
                 **{f"c.{k}": v for k, v in ck["criterion"].items()}}
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path):
-    common = ["--data.num_train", "2048", "--max-steps", "24", "--save-every", "12",
+def _val_lines(run_dir):
+    lines = [json.loads(x) for x in open(run_dir / "results.jsonl")]
+    return [{k: v for k, v in x.items() if k != "time"} for x in lines if x["split"] == "val"]
+
+
+def test_sigkill_then_resume_is_bit_identical_with_validation(tmp_path):
+    """Validation at the end of epoch 0 (step 16) before the kill at step 20 and
+    at step 24 after the resume; 16 steps an epoch, a checkpoint every 10."""
+    common = ["--data.num_train", "512", "--max-steps", "24", "--save-every", "10",
               "--model.dropout", "0.2"]
-    full = subprocess.run(_run_args(tmp_path, "full", *common), cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    full = subprocess.run(_run_args(tmp_path, "full", *common, val_every=1), cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
     assert full.returncode == 0, full.stderr[-2000:]
 
-    # Same run, slowed down by data loading so it can be killed after step 12.
+    # Same run, slowed down by data loading so it can be killed after step 20.
     ckdir = tmp_path / "killed" / "checkpoints"
-    proc = subprocess.Popen(_run_args(tmp_path, "killed", *common, "--data.delay_ms", "10"),
+    proc = subprocess.Popen(_run_args(tmp_path, "killed", *common, "--data.delay_ms", "10",
+                                      val_every=1),
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (ckdir / "step_00000012.pt").exists():
+    while not (ckdir / "step_00000020.pt").exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.time() < deadline
         time.sleep(0.01)
@@ -47,12 +56,15 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     # latest.pt may not be relinked yet; --resume latest takes the newest step file.
     from training.checkpoint import find_resume
     ck, _ = _weights(find_resume("latest", str(tmp_path / "killed")))
-    assert ck["train_state"]["step"] == 12
+    assert ck["train_state"]["step"] == 20
 
-    res = subprocess.run(_run_args(tmp_path, "killed", *common, "--resume", "latest"), cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(_run_args(tmp_path, "killed", *common, "--resume", "latest",
+                                   val_every=1), cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming from" in res.stdout
+    # data.delay_ms is the checkpoint's (10) though the YAML says 0: reported, not an error
+    assert "config file differs from the checkpoint in data.delay_ms" in res.stdout
     a_ck, a = _weights(tmp_path / "full" / "checkpoints" / "latest.pt")
     b_ck, b = _weights(ckdir / "latest.pt")
     assert a_ck["train_state"]["step"] == b_ck["train_state"]["step"] == 24
@@ -60,6 +72,25 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
         assert torch.equal(a[k], b[k]), k
     for sa, sb in zip(a_ck["optimizer"]["state"].values(), b_ck["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+    full_val, killed_val = _val_lines(tmp_path / "full"), _val_lines(tmp_path / "killed")
+    assert [x["step"] for x in full_val] == [16, 24]
+    assert killed_val == full_val
+
+
+def test_resume_refuses_a_changed_architecture_and_takes_a_new_schedule_length(tmp_path):
+    import pytest
+    import train_stage1
+    from training.config import ConfigError
+    args = ["--config", TINY_YAML, "--logs", str(tmp_path), "--name", "r", "--val-every", "0",
+            "--max-steps", "4"]
+    train_stage1.main(args)
+    with pytest.raises(ConfigError, match=r"checkpoint fixes model.embed_dim \(checkpoint 16, now 8\)"):
+        train_stage1.main(args + ["--resume", "latest", "--model.embed_dim", "8"])
+    with pytest.raises(ConfigError, match="checkpoint fixes lr"):
+        train_stage1.main(args + ["--resume", "latest", "--lr", "0.5"])
+    train_stage1.main(args[:-1] + ["6", "--resume", "latest"])  # --max-steps 6: may change
+    ck = torch.load(tmp_path / "r" / "checkpoints" / "latest.pt", weights_only=False)
+    assert ck["train_state"]["step"] == 6 and ck["config"]["max_steps"] == 6
 
 
 WRITER = r"""
