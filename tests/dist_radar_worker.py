@@ -11,10 +11,10 @@ layer, temporal negatives, consistency) on its shard, then backward. Each
 rank's text tokens are cut to its own longest caption, as the text encoder
 pads them. As in tests/dist_losses_worker.py, shared "parameters" hold the
 raw features of the whole batch and rank r uses the rows of shard r only.
-Checks against one process on the whole batch, for each flag pair:
-  - loss: the mean over ranks of the per-rank losses == the global loss;
-  - gradients: the mean over ranks (what DDP computes) of every feature's and
-    every criterion parameter's gradient == its single-process gradient.
+Checks against one process on the whole batch, for each flag pair
+(tests/dist_check.py): the mean over ranks of the per-rank losses is the
+global loss, and the mean over ranks (what DDP computes) of every feature's
+and every criterion parameter's gradient is its single-process gradient.
 Prints one line per case and rank; exits 1 on every rank if any rank failed.
 """
 import os
@@ -25,8 +25,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from losses.radar_loss import RadarContrastiveLoss  # noqa: E402
+from tests.dist_check import check, finish  # noqa: E402
 
-ATOL = 1e-5
 N_LOCAL, T, L, D = 3, 12, 7, 8
 FLOAT_KEYS = ("radar_features", "radar_seq", "text_features", "text_tokens", "swap_features",
               "swap_tokens", "rev_features", "rev_seq", "aug_features")
@@ -95,25 +95,7 @@ def run_case(name, use_siglip, kwargs, rank, world_size):
     grads.update({k: p.grad for k, p in crit.named_parameters()})
     want = {k: ref[k].grad for k in FLOAT_KEYS}
     want.update({k: p.grad for k, p in ref_crit.named_parameters()})
-    for gr in grads.values():
-        dist.all_reduce(gr, op=dist.ReduceOp.SUM)
-        gr /= world_size
-    mean_loss = loss.detach().clone()
-    dist.all_reduce(mean_loss, op=dist.ReduceOp.SUM)
-    mean_loss /= world_size
-
-    errs = []
-    if not torch.allclose(mean_loss, ref_loss.detach(), atol=ATOL, rtol=0):
-        errs.append(f"loss {mean_loss.item():.8f} vs {ref_loss.item():.8f}")
-    for k, gr in grads.items():
-        if not torch.isfinite(want[k]).all() or want[k].abs().sum() == 0:
-            errs.append(f"reference grad {k} is not finite or zero")
-        elif not torch.allclose(gr, want[k], atol=ATOL, rtol=0):
-            errs.append(f"grad {k}: max |diff| {(gr - want[k]).abs().max().item():.3e}")
-    status = "OK" if not errs else "FAIL: " + "; ".join(errs)
-    print(f"[rank {rank}] RadarContrastiveLoss({name}): loss {loss.item():.6f} "
-          f"(global {ref_loss.item():.6f}) {status}", flush=True)
-    return not errs
+    return check(f"RadarContrastiveLoss({name})", loss, ref_loss, grads, want)
 
 
 def main():
@@ -123,11 +105,7 @@ def main():
              ("clip, gather_with_grad", False, {"gather_with_grad": True}),
              ("clip, local_loss, gather_with_grad", False, {"local_loss": True, "gather_with_grad": True}),
              ("siglip, default", True, {})]
-    ok = all([run_case(name, sig, kw, rank, world_size) for name, sig, kw in cases])
-    flag = torch.tensor(0 if ok else 1)
-    dist.all_reduce(flag)  # every rank fails if any rank failed
-    dist.destroy_process_group()
-    sys.exit(int(flag.item() > 0))
+    finish(all([run_case(name, sig, kw, rank, world_size) for name, sig, kw in cases]))
 
 
 if __name__ == "__main__":

@@ -3,23 +3,16 @@ CLIP and SigLIP) gives the single-process loss and gradients on the global
 batch; the checks run in tests/dist_radar_worker.py, this test launches it
 and reads its output."""
 import os
-import subprocess
-import sys
 
 import pytest
 
 from losses.radar_loss import RadarContrastiveLoss
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(REPO, "tests", "dist_radar_worker.py")
+from tests.dist_check import REPO, run_workers
 
 
 def test_radar_loss_on_two_ranks_equals_one(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", WORKER]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"worker failed (rc {proc.returncode}):\n{output}"
+    rc, output = run_workers(os.path.join(REPO, "tests", "dist_radar_worker.py"), 2, tmp_path)
+    assert rc == 0, f"worker failed (rc {rc}):\n{output}"
     assert output.count(" OK") == 4 * 2, output  # every case ran on both ranks
 
 
