@@ -29,8 +29,8 @@ def _encode_images(model, batch):
     image_features, patches = model.encode_image(batch["image"])
     return {"image_features": image_features,                               # [B, D]
             "patches": patches,                                             # [B, P, C]
-            "object_features": model.encode_objects(batch["image"], patches, batch["boxes"]),  # [B, n, D]
-            "box_valid": batch["box_valid"]}                                # [B, n]
+            # [B, n, D]; slots past an image's n_i boxes are padding, never read
+            "object_features": model.encode_objects(batch["image"], patches, batch["boxes"])}
 
 
 def _caption_encoder(patches):
