@@ -42,8 +42,8 @@ class ImageBoxes(Dataset):
 
 
 def collate_image_boxes(items):
-    boxes, valid = _pad([it["boxes"] for it in items])                     # [B, n, 4], [B, n]
-    return {"image": torch.stack([it["image"] for it in items]), "boxes": boxes, "box_valid": valid,
+    boxes, _ = _pad([it["boxes"] for it in items])                         # [B, max n_i, 4]
+    return {"image": torch.stack([it["image"] for it in items]), "boxes": boxes,
             "image_index": torch.tensor([it["image_index"] for it in items])}
 
 
