@@ -9,31 +9,41 @@ encoder frozen, head trained), ``finetune`` (everything trained, encoder at
 ``stage2.encoder_lr_mult`` x lr), ``frozen_then_finetune`` (frozen for
 ``stage2.frozen_epochs``, then fine-tuned). The family's ``build_stage2``
 supplies datasets, model (with its stage-1 ``encoder``), loss and metrics;
-this loop owns optimisation: AdamW, OneCycle, AMP, best-on-val checkpoint,
+this loop owns optimisation: AdamW, OneCycle, the stage-1 optimizer step
+(GradScaler under fp16, non-finite steps skipped), checkpoints in
+logs/<name>/checkpoints/ as in stage 1 (``best.pt`` by ``stage2.monitor``),
 and the test metrics of the best epoch in logs/<name>/metrics.json.
+
+Stage 2 reads ``stage2.*`` (``--stage2.epochs``, ``--stage2.lr``, ...); the
+stage-1 flags of the same name are refused here rather than ignored.
 """
-import json
 import os
 import sys
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from families import load_family
-from training.checkpoint import atomic_save, load_checkpoint
-from training.config import ConfigError, dump, load_config, parse_cli, _set_dotted
+from training.checkpoint import CheckpointManager, git_commit, load_checkpoint
+from training.config import ConfigError, cli_keys, dump, load_config, parse_cli, set_dotted
 from training.data import to_device
+from training.distributed import DistInfo
+from training.io import atomic_json
 from training.logger import RunLogger, to_float
-from training.precision import autocast as make_autocast, resolve_precision
+from training.precision import autocast as make_autocast, grad_scaler, resolve_precision
 from training.resources import apply_thread_budget
+from training.state import TrainState, restore_state, save_state, seed_everything
+from training.step import NonFiniteError, check_nonfinite, optimizer_step
 
 MODES = ("scratch", "linear", "finetune", "frozen_then_finetune")
-STAGE2_DEFAULTS = {"epochs": 20, "lr": 1.0e-3, "wd": 1.0e-4, "batch_size": 64, "mode": "linear",
-                   "encoder_lr_mult": 0.1, "frozen_epochs": 5, "pct_start": 0.1,
-                   "weighted_sampling": False, "monitor": "loss", "monitor_mode": "min",
-                   "grad_clip_norm": 1.0}
+# Stage-1 flags whose stage-2 meaning lives under stage2.*, and those stage 2 has no use for.
+RENAMED_IN_STAGE2 = ("epochs", "lr", "wd", "batch_size", "grad_clip_norm", "monitor",
+                     "monitor_mode")
+UNUSED_IN_STAGE2 = ("accum_freq", "warmup", "min_lr_ratio", "lr_multipliers", "beta1", "beta2",
+                    "eps", "local_loss", "gather_with_grad", "max_steps", "save_every",
+                    "val_every", "resume", "grad_checkpointing", "ddp_find_unused",
+                    "dist_backend")
 
 
 def split_args(argv):
@@ -54,6 +64,50 @@ def split_args(argv):
             rest.append(tok)
             i += 1
     return init, mode, rest
+
+
+def check_stage2_flags(argv):
+    """A flag means the same in both stages or is refused here by name."""
+    for key in sorted(cli_keys(argv)):
+        if key in RENAMED_IN_STAGE2:
+            raise ConfigError(f"--{key.replace('_', '-')}: stage 2 reads stage2.{key}; "
+                              f"use --stage2.{key}")
+        if key in UNUSED_IN_STAGE2:
+            raise ConfigError(f"--{key.replace('_', '-')}: stage 2 does not use it "
+                              f"(its keys are stage2.*, see training/config.py)")
+
+
+def setup(argv):
+    """(cfg, mode, init path, stage-1 model state or None, device)."""
+    init, mode, rest = split_args(argv)
+    check_stage2_flags(rest)
+    cfg = load_config(rest)
+    s2 = cfg["stage2"]
+    mode = mode or s2["mode"]
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
+    s2["mode"] = mode
+    if mode != "scratch" and init is None:
+        raise ConfigError(f"--mode {mode} needs --init <stage-1 checkpoint>")
+    state = None
+    if init is not None:
+        ckpt = load_checkpoint(init)
+        if ckpt["config"]["family"] != cfg["family"]:
+            raise ConfigError(f"{init}: checkpoint is of family {ckpt['config']['family']!r}, "
+                              f"not {cfg['family']!r}")
+        # The encoder's architecture and the data are the stage-1 run's, unless
+        # the command line says otherwise (another copy of the data, say).
+        for sec in ("data", "model"):
+            cfg[sec] = ckpt["config"][sec]
+        for k, v in parse_cli(rest):
+            if k.split(".")[0] in ("data", "model"):
+                set_dotted(cfg, k, v)
+        state = ckpt["model"] if mode != "scratch" else None
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
+    cfg["precision"], why = resolve_precision(cfg["precision"], device)
+    print(f"precision: {cfg['precision']} ({why})\n{apply_thread_budget(cfg)}")
+    seed_everything(cfg["seed"])
+    return cfg, mode, init, state, device
 
 
 def set_encoder_trainable(encoder, trainable):
@@ -77,52 +131,8 @@ def make_optimizer(model, encoder, s2, head_lr, phase_epochs, steps_per_epoch):
     return opt, sched
 
 
-def main(argv=None):
-    init, mode, rest = split_args(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(rest)
-    s2 = dict(STAGE2_DEFAULTS)
-    s2.update(cfg.get("stage2") or {})
-    mode = mode or s2["mode"]
-    if mode not in MODES:
-        raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
-    if mode != "scratch" and init is None:
-        raise ConfigError(f"--mode {mode} needs --init <stage-1 checkpoint>")
-    state = None
-    if init is not None:
-        ckpt = load_checkpoint(init)
-        if ckpt["config"]["family"] != cfg["family"]:
-            raise ConfigError(f"{init}: checkpoint is of family {ckpt['config']['family']!r}, "
-                              f"not {cfg['family']!r}")
-        # The encoder's architecture and the data are the stage-1 run's.
-        cli = dict(parse_cli(rest))
-        for sec in ("data", "model"):
-            cfg[sec] = ckpt["config"][sec]
-        for k, v in cli.items():
-            if k.split(".")[0] in ("data", "model"):
-                _set_dotted(cfg, k, v, "command line")
-        state = ckpt["model"] if mode != "scratch" else None
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
-    cfg["precision"], why_precision = resolve_precision(cfg["precision"], device)
-    print(f"precision: {cfg['precision']} ({why_precision})\n{apply_thread_budget(cfg)}")
-    torch.manual_seed(cfg["seed"])
-    np.random.seed(cfg["seed"])
-
-    family = load_family(cfg["family"])
-    if not hasattr(family, "build_stage2"):
-        raise ConfigError(f"family {cfg['family']!r} has no stage 2")
-    family.prepare_data(cfg)
-    parts = family.build_stage2(cfg, state, mode)
-    model = parts["model"].to(device)
-    encoder = parts.get("encoder", getattr(model, "encoder", None))
-    datasets, collate = parts["datasets"], parts["collate"]
-
-    name = cfg["name"] or f"{cfg['family']}-stage2-{mode}-seed{cfg['seed']}"
-    run_dir = os.path.join(cfg["logs"], name)
-    os.makedirs(run_dir, exist_ok=True)
-    dump(dict(cfg, stage2=s2, stage2_mode=mode, stage2_init=init), os.path.join(run_dir, "config.yaml"))
-    logger = RunLogger(run_dir)
-
-    train_ds = datasets["train"]
+def make_train_loader(train_ds, collate, cfg):
+    s2 = cfg["stage2"]
     sampler = None
     if s2["weighted_sampling"]:
         w = getattr(train_ds, "sample_weights", None)
@@ -130,70 +140,102 @@ def main(argv=None):
             raise ConfigError("stage2.weighted_sampling: the train dataset has no sample_weights")
         sampler = WeightedRandomSampler(w, num_samples=len(train_ds), replacement=True,
                                         generator=torch.Generator().manual_seed(cfg["seed"]))
-    loader = DataLoader(train_ds, batch_size=s2["batch_size"], shuffle=sampler is None,
-                        sampler=sampler, drop_last=len(train_ds) > s2["batch_size"],
-                        collate_fn=collate, num_workers=cfg["workers"],
-                        generator=torch.Generator().manual_seed(cfg["seed"]))
+    return DataLoader(train_ds, batch_size=s2["batch_size"], shuffle=sampler is None,
+                      sampler=sampler, drop_last=len(train_ds) > s2["batch_size"],
+                      collate_fn=collate, num_workers=cfg["workers"],
+                      generator=torch.Generator().manual_seed(cfg["seed"]))
+
+
+def train_epoch(loader, model, loss_fn, opt, sched, scaler, autocast, state, cfg, device,
+                logger, ckpt_dir, desc):
+    """One epoch of the stage-1 optimizer step (scaler, agreement, skipping)."""
+    info = DistInfo(device=device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        batch = to_device(batch, device)
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss, logs = loss_fn(model(batch), batch)
+        scaler.scale(loss).backward()
+        # OneCycle refuses a step past its end: the loop steps it itself
+        outcome = optimizer_step(opt, scaler, None, params, loss, state, info,
+                                 cfg["stage2"]["grad_clip_norm"])
+        if not outcome.stepped:
+            tqdm.write(f"stage 2 step {state.step}: non-finite loss or gradient, update skipped")
+            check_nonfinite(state, cfg["max_nonfinite"], ckpt_dir)
+            continue
+        if sched.last_epoch + 1 < sched.total_steps:
+            sched.step()
+        if state.step % cfg["log_every"] == 0:
+            logger.scalars({"stage2/loss": to_float(loss), "stage2/lr": opt.param_groups[0]["lr"],
+                            **{f"stage2/{k}": to_float(v) for k, v in logs.items()}}, state.step)
+
+
+def main(argv=None):
+    cfg, mode, init, stage1_state, device = setup(sys.argv[1:] if argv is None else argv)
+    s2 = cfg["stage2"]
+    family = load_family(cfg["family"])
+    if not hasattr(family, "build_stage2"):
+        raise ConfigError(f"family {cfg['family']!r} has no stage 2")
+    family.prepare_data(cfg)
+    parts = family.build_stage2(cfg, stage1_state, mode)
+    model = parts["model"].to(device)
+    encoder = parts.get("encoder", getattr(model, "encoder", None))
+    datasets = parts["datasets"]
+
+    run_dir = os.path.join(cfg["logs"], cfg["name"] or
+                           f"{cfg['family']}-stage2-{mode}-seed{cfg['seed']}")
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    os.makedirs(run_dir, exist_ok=True)
+    dump(dict(cfg, stage2_init=init), os.path.join(run_dir, "config.yaml"))
+    logger = RunLogger(run_dir)
+    manager = CheckpointManager(ckpt_dir, cfg["keep_last"], max(1, cfg["keep_best"]),
+                                s2["monitor_mode"])
+    loader = make_train_loader(datasets["train"], parts["collate"], cfg)
     autocast = make_autocast(cfg["precision"], device)
-    steps_per_epoch = len(loader)
+    scaler = grad_scaler(cfg["precision"], device)
+    state, commit = TrainState(), git_commit()
 
     frozen_phase = {"linear": s2["epochs"], "frozen_then_finetune": s2["frozen_epochs"]}.get(mode, 0)
     set_encoder_trainable(encoder, frozen_phase == 0)
-    opt, sched = make_optimizer(model, encoder, s2, s2["lr"],
-                                frozen_phase or s2["epochs"], steps_per_epoch)
-    best, best_metric, step = None, None, 0
-    sign = 1 if s2["monitor_mode"] == "min" else -1
+    opt, sched = make_optimizer(model, encoder, s2, s2["lr"], frozen_phase or s2["epochs"],
+                                len(loader))
     for epoch in range(s2["epochs"]):
+        state.epoch = epoch
         if mode == "frozen_then_finetune" and epoch == frozen_phase:
             # Linear probe, then fine-tune (LP-FT): the trained head continues at
             # the encoder's small lr, so unfreezing does not restart a large warm-up
             # that would undo the probe.
             set_encoder_trainable(encoder, True)
             opt, sched = make_optimizer(model, encoder, s2, s2["lr"] * s2["encoder_lr_mult"],
-                                        s2["epochs"] - epoch, steps_per_epoch)
+                                        s2["epochs"] - epoch, len(loader))
         model.train()
         if encoder is not None and not any(p.requires_grad for p in encoder.parameters()):
             encoder.eval()  # a frozen encoder also keeps its dropout/norm statistics fixed
-        if hasattr(train_ds, "set_epoch"):
-            train_ds.set_epoch(epoch)
-        for batch in tqdm(loader, desc=f"stage2 {mode} epoch {epoch}", leave=False, dynamic_ncols=True):
-            batch = to_device(batch, device)
-            with autocast():
-                loss, logs = parts["loss_fn"](model(batch), batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                           s2["grad_clip_norm"] or float("inf"))
-            if torch.isfinite(loss):
-                opt.step()
-            if sched.last_epoch + 1 < sched.total_steps:
-                sched.step()
-            step += 1
-            logger.scalars({"stage2/loss": to_float(loss), "stage2/lr": opt.param_groups[0]["lr"],
-                            **{f"stage2/{k}": to_float(v) for k, v in logs.items()}}, step)
+        if hasattr(datasets["train"], "set_epoch"):
+            datasets["train"].set_epoch(epoch)
+        train_epoch(loader, model, parts["loss_fn"], opt, sched, scaler, autocast, state, cfg,
+                    device, logger, ckpt_dir, f"stage2 {mode} epoch {epoch}")
         with torch.no_grad():
             model.eval()
             val = parts["evaluate"](model, datasets["val"], cfg, device)
-        logger.scalars({f"stage2_val/{k}": v for k, v in val.items()}, step)
-        logger.result({"epoch": epoch, "step": step, "split": "val", **val})
+        logger.scalars({f"stage2_val/{k}": v for k, v in val.items()}, state.step)
+        logger.result({"epoch": epoch, "step": state.step, "split": "val", **val})
         if s2["monitor"] not in val:
             raise ConfigError(f"stage2.monitor {s2['monitor']!r} not in val metrics {sorted(val)}")
-        m = val[s2["monitor"]]
-        if best_metric is None or sign * m < sign * best_metric:
-            best_metric = m
-            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            atomic_save({"model": best, "config": cfg, "epoch": epoch, "mode": mode, "init": init},
-                        os.path.join(run_dir, "best.pt"))
+        objects = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler,
+                   "train_state": state}
+        manager.save(save_state(objects, config=cfg, git_commit=commit, stage=2, init=init),
+                     state.step, val[s2["monitor"]])
         print(f"epoch {epoch}: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(val.items())))
-    model.load_state_dict(best)
+    restore_state({"model": model}, load_checkpoint(os.path.join(ckpt_dir, "best.pt")))
     with torch.no_grad():
         model.eval()
         test = parts["evaluate"](model, datasets["test"], cfg, device, out_dir=run_dir)
     test = {k: float(v) for k, v in test.items()}
     logger.result({"split": "test", "mode": mode, **test})
     logger.close()
-    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
-        json.dump(dict(test, mode=mode, init=init), f, indent=1, sort_keys=True)
+    atomic_json(os.path.join(run_dir, "metrics.json"), dict(test, mode=mode, init=init))
     print(f"stage 2 ({mode}) test: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(test.items())))
     return test
 
@@ -201,6 +243,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, NonFiniteError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -110,7 +110,7 @@ def test_stage2_loads_stage1_and_linear_keeps_encoder_frozen(tmp_path):
     for mode in ("linear", "finetune"):
         train_stage2.main(["--config", TINY_YAML, "--init", init, "--mode", mode, "--logs",
                            str(tmp_path), "--name", mode])
-        best = torch.load(tmp_path / mode / "best.pt", weights_only=False)["model"]
+        best = torch.load(tmp_path / mode / "checkpoints" / "best.pt", weights_only=False)["model"]
         same = all(torch.equal(best[f"encoder.{k[2:]}"], v) for k, v in s1.items()
                    if k.startswith("a."))
         assert same == (mode == "linear"), mode
@@ -119,3 +119,27 @@ def test_stage2_loads_stage1_and_linear_keeps_encoder_frozen(tmp_path):
     from training.config import ConfigError
     with pytest.raises(ConfigError, match="needs --init"):
         train_stage2.main(["--config", TINY_YAML, "--mode", "linear"])
+
+
+def test_stage2_refuses_stage1_flags_by_the_key_to_use():
+    import pytest
+    import train_stage2
+    from training.config import ConfigError
+    with pytest.raises(ConfigError, match="use --stage2.epochs"):
+        train_stage2.main(["--config", TINY_YAML, "--mode", "scratch", "--epochs", "3"])
+    with pytest.raises(ConfigError, match="use --stage2.batch_size"):
+        train_stage2.main(["--config", TINY_YAML, "--mode", "scratch", "--batch-size", "8"])
+    with pytest.raises(ConfigError, match="--accum-freq: stage 2 does not use it"):
+        train_stage2.main(["--config", TINY_YAML, "--mode", "scratch", "--accum-freq", "2"])
+
+
+def test_stage2_fp16_uses_a_grad_scaler(tmp_path):
+    """fp16 autocast (on CPU here) needs a GradScaler, or small gradients
+    underflow to zero; stage 2 takes the stage-1 step with its scaler."""
+    import train_stage2
+    train_stage2.main(["--config", TINY_YAML, "--mode", "scratch", "--precision", "amp",
+                       "--stage2.epochs", "1", "--logs", str(tmp_path), "--name", "fp16"])
+    ck = torch.load(tmp_path / "fp16" / "checkpoints" / "latest.pt", weights_only=False)
+    assert ck["scaler"]["scale"] > 0  # an enabled scaler's state (a disabled one saves {})
+    assert ck["train_state"]["step"] == 512 // 32 and ck["optimizer"]["state"]
+    assert not [f for f in os.listdir(tmp_path / "fp16" / "checkpoints") if ".tmp." in f]

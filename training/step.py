@@ -49,7 +49,8 @@ def optimizer_step(optimizer, scaler, scheduler, params, loss, state, info, grad
         return StepOutcome(False, grad_norm, stop > 0)
     scaler.step(optimizer)
     scaler.update()
-    scheduler.step()
+    if scheduler is not None:  # None: the caller steps a schedule that has an end
+        scheduler.step()
     state.step += 1
     state.nonfinite_in_row = 0
     return StepOutcome(True, grad_norm, stop > 0)
