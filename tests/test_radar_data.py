@@ -1,5 +1,6 @@
 """Radar data: simulator physics, on-disk format round trip, loader options and errors."""
 import json
+import multiprocessing as mp
 import os
 import warnings
 
@@ -254,7 +255,6 @@ def _ensure_in_child(root, queue):
 
 def test_concurrent_runs_share_one_dataset(tmp_path):
     """Two runs (e.g. two seeds) starting together: one generates, the other waits and reuses."""
-    import multiprocessing as mp
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
     root, queue = str(tmp_path / "shared"), ctx.Queue()
     procs = [ctx.Process(target=_ensure_in_child, args=(root, queue)) for _ in range(2)]

@@ -1,4 +1,6 @@
 """Radar CLIP model: similarity types, masks, per-sample outputs, criterion."""
+import itertools
+
 import pytest
 import torch
 
@@ -6,6 +8,7 @@ from losses.radar_loss import RadarContrastiveLoss, multi_positive_ce
 from models.radar.clip_model import CLIPModel, perturb_time, reverse_valid
 from models.radar.encoder import RadarEncoder
 from models.radar.sequence_similarity import TYPES, SequenceSimilarity, monotonic_alignment
+from models.text_encoder import TextEncoder
 
 D = 16
 
@@ -59,7 +62,6 @@ def test_temporal_ranks_order_swapped_caption_below_matched_global_cannot():
 def test_monotonic_alignment_equals_brute_force():
     g = torch.Generator().manual_seed(3)
     sim = torch.randn(5, 3, generator=g)  # [Tr, Lt]
-    import itertools
     best = max(sum(sim[t, k] for k, t in enumerate(path))
                for path in itertools.product(range(5), repeat=3) if list(path) == sorted(path))
     got = monotonic_alignment(sim, torch.ones(5, dtype=torch.bool), torch.ones(3, dtype=torch.bool))
@@ -130,7 +132,6 @@ def test_radar_outputs_are_per_sample():
 
 
 def test_clip_model_is_per_sample_with_text_tower():
-    from models.text_encoder import TextEncoder
     torch.manual_seed(0)
     model = CLIPModel(make_encoder("eot"), TextEncoder(embed_dim=32)).eval()
     x, mask = radar_batch()
