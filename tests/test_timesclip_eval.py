@@ -51,10 +51,15 @@ def _write_fields(root):
     return np.asarray(series, np.float64), np.asarray(years)
 
 
+def _args(root):
+    """Tiny TimesCLIP on the hand-built file (a user's folder: not generated)."""
+    return ["--family", "timesclip", "--data.root", str(root), "--data.generate", "false",
+            "--data.train_years", "[2018]", "--data.val_years", "[2019]", "--data.test_years", "[2020]",
+            *TINY]
+
+
 def _cfg(root, *extra):
-    return load_config(["--family", "timesclip", "--data.root", str(root), "--data.generate", "false",
-                        "--data.train_years", "[2018]", "--data.val_years", "[2019]",
-                        "--data.test_years", "[2020]", *TINY, *extra])
+    return load_config(_args(root) + list(extra))
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +114,9 @@ def _ranks(q, g):
 
 def test_eval_script_end_to_end_on_a_tiny_checkpoint(fields, tmp_path):
     root, series, years = fields
-    run = train_stage1.main(["--family", "timesclip", "--data.root", str(root), "--data.generate", "false",
-                             "--data.train_years", "[2018]", "--data.val_years", "[2019]",
-                             "--data.test_years", "[2020]", *TINY, "--batch-size", "4",
-                             "--max-steps", "2", "--precision", "fp32", "--logs", str(tmp_path / "logs"),
-                             "--name", "tc", "--device", "cpu"])
+    run = train_stage1.main(_args(root) + ["--batch-size", "4", "--max-steps", "2", "--precision", "fp32",
+                                           "--logs", str(tmp_path / "logs"), "--name", "tc",
+                                           "--device", "cpu"])
     ckpt_path = os.path.join(run, "checkpoints", "latest.pt")
     out = tmp_path / "eval"
     eval_script.main(["--checkpoint", ckpt_path, "--out", str(out), "--device", "cpu"])

@@ -57,7 +57,8 @@ def _run(tmp, init, mode, epochs=2):
             "--stage2.batch_size", "16", "--workers", "0"]
     argv += ["--init", init] if init else ["--data.root", str(tmp / "data")] + TINY
     test = train_stage2.main(argv)
-    best = torch.load(tmp / "logs" / mode / "best.pt", map_location="cpu", weights_only=False)
+    best = torch.load(tmp / "logs" / mode / "checkpoints" / "best.pt", map_location="cpu",
+                      weights_only=False)
     return test, {k[len("encoder."):]: v for k, v in best["model"].items() if k.startswith("encoder.")}
 
 

@@ -41,9 +41,9 @@ class YieldModel(nn.Module):
         h, p, t = self.encoder.input_len, self.encoder.pred_len, x.shape[1]
         first, second = x[:, :h], x[:, h:h + p]
         parts = []
-        enc1 = self.encoder.encode(first, None if keys is None else [(k, 0) for k in keys])
+        enc1 = self.encoder.encode(first, _window_keys(keys, 0))
         if self.use_first_last:
-            enc2 = self.encoder.encode(x[:, t - h:], None if keys is None else [(k, t - h) for k in keys])
+            enc2 = self.encoder.encode(x[:, t - h:], _window_keys(keys, t - h))
             parts += [enc1["variates"].flatten(1), enc2["variates"].flatten(1)]   # [B, V*D] x 2
         if self.use_forecast_error:
             err = second - self.encoder.forecast_from(enc1, first)                  # [B, P, V]
@@ -56,3 +56,7 @@ class YieldModel(nn.Module):
         x = batch["x"] if isinstance(batch, dict) else batch        # [B, T, V]
         f = self.norm(self.features(x, batch.get("key") if isinstance(batch, dict) else None))  # [B, F]
         return (self.head(f) + self.linear(f)).squeeze(-1)          # [B]
+
+
+def _window_keys(keys, start):
+    return None if keys is None else [(k, start) for k in keys]
