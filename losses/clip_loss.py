@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from losses.distributed import all_gather_no_grad, all_gather_with_grad, scale_grad
+from losses.distributed import all_gather_no_grad, all_gather_with_grad
+from models.grad import scale_grad
 
 
 class ClipLoss(nn.Module):

@@ -25,6 +25,8 @@ All shards must have the same shape on every rank (DistributedSampler with
 import torch
 import torch.distributed as dist
 
+from models.grad import scale_grad  # noqa: F401  (re-exported for the losses)
+
 
 class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
@@ -53,22 +55,6 @@ def all_gather_no_grad(x, rank, world_size):
     dist.all_gather(parts, x.detach().contiguous())
     parts[rank] = x
     return torch.cat(parts, dim=0)
-
-
-class _ScaleGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, factor):
-        ctx.factor = factor
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.factor, None
-
-
-def scale_grad(x, factor):
-    """Identity in forward; multiplies the gradient by ``factor``."""
-    return _ScaleGrad.apply(x, factor)
 
 
 def _p2p(sends, recvs):

@@ -254,3 +254,15 @@ def test_metrics_never_score_more_than_a_chunk_at_once():
     m = metrics._metrics(rows, items, 300, 40, text_to_item, chunk_size)
     assert max(sizes) <= chunk_size * 40 < 300 * 40
     assert m == retrieval_from_scores(text @ item.T, text_to_item)
+
+
+def test_scale_grad_and_reverse_grad():
+    from models.grad import reverse_grad, scale_grad
+    x = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(4, 3)
+    assert torch.equal(scale_grad(x, 3.0), x) and torch.equal(reverse_grad(x, 0.5), x)
+    (scale_grad(x, 3.0) * w).sum().backward()
+    assert torch.allclose(x.grad, 3.0 * w)
+    x.grad = None
+    (reverse_grad(x, 0.5) * w).sum().backward()
+    assert torch.allclose(x.grad, -0.5 * w)
