@@ -31,24 +31,25 @@ PER_YEAR = 8
 
 def _write_fields(root):
     """Three years of PER_YEAR fields: seasonal curves with per-field phase and
-    level, no gaps; returns the [N, 36, 7] series and [N] years."""
+    level, no gaps; returns the [N, 36, 7] series, [N] years and [N] yields."""
     rng = np.random.default_rng(0)
     t = np.arange(36)
-    rows, series, years = [], [], []
+    rows, series, years, yields = [], [], [], []
     for year in YEARS.values():
         for f in range(PER_YEAR):
             s = (1.0 + rng.uniform(0, 0.5, 7)[None] * np.sin(0.2 * t[:, None] + rng.uniform(0, 6, 7))
                  + 0.05 * rng.standard_normal((36, 7)))                       # [36, 7]
             series.append(s)
             years.append(year)
+            yields.append(round(rng.uniform(2, 8), 4))
             vals = [f"{v:.5f}" for v in s.T.reshape(-1)]                      # band-major
-            rows.append([f"f{f}", "r0", year, f"{rng.uniform(2, 8):.4f}"] + vals)
+            rows.append([f"f{f}", "r0", year, f"{yields[-1]:.4f}"] + vals)
     os.makedirs(root)
     with open(os.path.join(root, "fields.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["field_id", "region", "year", "yield_t_ha"] + value_columns())
         w.writerows(rows)
-    return np.asarray(series, np.float64), np.asarray(years)
+    return np.asarray(series, np.float64), np.asarray(years), np.asarray(yields)
 
 
 def _args(root):
@@ -65,8 +66,8 @@ def _cfg(root, *extra):
 @pytest.fixture(scope="module")
 def fields(tmp_path_factory):
     root = tmp_path_factory.mktemp("tc_eval") / "fields"
-    series, years = _write_fields(str(root))
-    return root, series, years
+    series, years, yields = _write_fields(str(root))
+    return root, series, years, yields
 
 
 def test_evaluate_restores_every_module_mode(fields):
@@ -104,6 +105,34 @@ def test_evaluate_encodes_under_the_runs_precision(fields):
     assert seen and all(s == (True, torch.bfloat16) for s in seen)
 
 
+class _Constant(torch.nn.Module):
+    """A stage-2 model that predicts ``value`` (standardised yield) for all."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = torch.nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, batch):
+        return self.value * torch.ones(len(batch["x"]))                       # [B]
+
+
+def test_yield_metrics_equal_a_hand_computation(fields):
+    root, _, years, yields = fields
+    cfg = _cfg(root, "--precision", "fp32")
+    t = FieldTable.from_config(cfg["data"])
+    ytr, y = yields[years == YEARS["train"]], yields[years == YEARS["test"]]
+    mu, sd = ytr.mean(), ytr.std() + 1e-6                                # training years only
+    m = yield_metrics(_Constant(0.5), YieldDataset(t, "test"), cfg, torch.device("cpu"))
+    pred = mu + 0.5 * sd                                                 # t/ha, for every field
+    ss = ((y - y.mean()) ** 2).sum()
+    assert m["yield_rmse"] == pytest.approx(np.sqrt(np.mean((pred - y) ** 2)), rel=1e-5)
+    assert m["yield_mae"] == pytest.approx(np.mean(np.abs(pred - y)), rel=1e-5)
+    assert m["yield_r2"] == pytest.approx(1 - ((pred - y) ** 2).sum() / ss, rel=1e-5)
+    assert m["yield_r2_mean"] == pytest.approx(1 - ((mu - y) ** 2).sum() / ss, rel=1e-5)
+    assert m["loss"] == pytest.approx(np.mean(((pred - y) / sd) ** 2), rel=1e-5)
+    assert m["beats_ridge"] == float(m["yield_r2"] > m["yield_r2_ridge"])
+
+
 def _ranks(q, g):
     """Rank of each query's own item (1 = best; ties count against it), by a
     double loop over cosine similarities."""
@@ -113,7 +142,7 @@ def _ranks(q, g):
 
 
 def test_eval_script_end_to_end_on_a_tiny_checkpoint(fields, tmp_path):
-    root, series, years = fields
+    root, series, years, _ = fields
     run = train_stage1.main(_args(root) + ["--batch-size", "4", "--max-steps", "2", "--precision", "fp32",
                                            "--logs", str(tmp_path / "logs"), "--name", "tc",
                                            "--device", "cpu"])
