@@ -30,7 +30,9 @@ def test_encode_split_in_order_under_autocast_and_restores_modes():
     m.frozen.eval()
     data = [(torch.randn(3), 1 + i // 2) for i in range(5)]        # batch 2: lengths 1, 2, 3
     cfg = {"precision": "amp_bf16", "eval": {"batch_size": 2}}
+    rng = torch.get_rng_state()
     out = encode_split(m, data, _collate, cfg, torch.device("cpu"), collect=("caption",))
+    assert torch.equal(torch.get_rng_state(), rng)                 # the training RNG stream is untouched
     assert m.training and not m.frozen.training and torch.is_grad_enabled()
     ref = m.lin(torch.stack([d[0] for d in data]))                 # no dropout: eval mode
     assert out["feat"].dtype == torch.float32

@@ -60,8 +60,10 @@ def encode_split(model, dataset, collate, cfg, device, keys=None, forward=None,
     autocast = make_autocast(cfg["precision"], device)
     out, extra = {}, {name: [] for name in collect}
     with eval_mode(model):
+        # its own generator: iterating a DataLoader draws a seed from the global
+        # RNG otherwise, and evaluation must not shift the training stream
         for batch in DataLoader(dataset, batch_size=int(bs), shuffle=False, collate_fn=collate,
-                                num_workers=0):
+                                num_workers=0, generator=torch.Generator()):
             for name in collect:
                 v = batch[name]
                 extra[name] += v.tolist() if torch.is_tensor(v) else list(v)
