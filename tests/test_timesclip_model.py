@@ -144,7 +144,7 @@ def _direct(enc, x):
 
 def test_frozen_vision_cache_is_exact_when_full_with_repeats_and_reloaded():
     enc = VisionEncoder(d_model=8, image_size=16, backbone="vit", patch_size=8, width=16,
-                        n_layers=1, n_heads=2, freeze=True, cache_size=3)
+                        n_layers=1, n_heads=2, freeze=True, cache_size=3 * 7 + 6)   # 3 rows
     xs = torch.stack([it["x"] for it in _items(5)])               # [5, 18, 7]
     keys = [b"k0", b"k1", b"k2", b"k3", b"k4"]
     with torch.no_grad():

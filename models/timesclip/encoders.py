@@ -135,8 +135,9 @@ class VisionEncoder(nn.Module):
         self.freeze = freeze
         if freeze:
             self.body.requires_grad_(False)
-        # Frozen-feature cache: key -> row of self.table [rows, V, F]. Neither
-        # is state: it is rebuilt from the weights, and cleared when they load.
+        # Frozen-feature cache: key -> row of self.table [rows, V, F], at most
+        # cache_size charts. Neither is state: it is rebuilt from the weights,
+        # and cleared when they load.
         self.cache_size, self.index, self.table = cache_size, {}, None
         self.register_load_state_dict_pre_hook(lambda module, *args: module.clear_cache())
         self._buf = None
@@ -197,15 +198,17 @@ class VisionEncoder(nn.Module):
         return out
 
     def _store(self, keys, feats):
-        """Append rows for ``keys`` (features [n, V, F]) while there is room."""
-        n = min(len(keys), self.cache_size - len(self.index))
+        """Append rows for ``keys`` (features [n, V, F]) while there is room
+        (``cache_size`` charts: V per row)."""
+        max_rows = self.cache_size // feats.shape[1]
+        used = len(self.index)
+        n = min(len(keys), max_rows - used)
         if n <= 0:
             return
-        used = len(self.index)
         if self.table is None:
-            self.table = feats.new_empty((min(self.cache_size, max(1024, n)),) + feats.shape[1:])
-        elif used + n > len(self.table):   # grow by doubling, up to cache_size rows
-            grown = feats.new_empty((min(self.cache_size, max(2 * len(self.table), used + n)),)
+            self.table = feats.new_empty((min(max_rows, max(1024, n)),) + feats.shape[1:])
+        elif used + n > len(self.table):   # grow by doubling, up to max_rows
+            grown = feats.new_empty((min(max_rows, max(2 * len(self.table), used + n)),)
                                     + feats.shape[1:])
             grown[:used] = self.table[:used]
             self.table = grown
