@@ -17,6 +17,7 @@
   (it is ours: the lock file, written first into an empty folder, says so).
 """
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -108,3 +109,15 @@ def check_user_folder(root, what="data"):
         raise UserDataError(f"{root}: no such folder ({what} with --data.generate false must "
                             f"already be there)")
     return root
+
+
+def derived_dir(root, family, generated, cache_dir=None):
+    """Where files derived from the data (text or front-end features, baselines)
+    are cached: inside generated data (our folder); for a user's folder, which
+    is never written into, under ``cache_dir`` (default ``data_cache/``, against
+    the current directory) in ``<family>/derived/<hash of the folder's path>``."""
+    root = resolve_root(root)
+    if generated:
+        return root
+    base = resolve_root(cache_dir or "data_cache")
+    return os.path.join(base, family, "derived", hashlib.md5(root.encode()).hexdigest()[:10])

@@ -115,3 +115,30 @@ def test_atomic_writes_and_relink(tmp_path):
     relink(str(src), str(tmp_path / "best.pt"))
     relink(str(src), str(tmp_path / "best.pt"))      # relinking to the same file
     assert sorted(os.listdir(tmp_path)) == ["best.pt", "f.json", "step_1.pt"]
+
+
+def test_derived_dir_keeps_caches_out_of_a_users_folder(tmp_path, monkeypatch):
+    from data.cache import derived_dir
+    monkeypatch.chdir(tmp_path)
+    user = str(tmp_path / "mine")
+    assert derived_dir(user, "radar", generated=True) == user
+    d = derived_dir(user, "radar", generated=False)
+    assert d.startswith(str(tmp_path / "data_cache" / "radar" / "derived")) and not d.startswith(user)
+    assert derived_dir(user, "radar", False, cache_dir="/elsewhere").startswith("/elsewhere/radar/")
+    assert derived_dir(user, "radar", False) != derived_dir(user + "2", "radar", False)
+
+
+def test_detect_layout_finds_forces_and_lists(tmp_path):
+    from data.layout import Layout, detect_layout, exists
+    layouts = [Layout("npz", exists("mmwave"), "mmwave/*.npz"),
+               Layout("mmexpert", exists("udoppler", "*"), "udoppler/{id}A.npy")]
+    (tmp_path / "udoppler").mkdir()
+    with pytest.raises(UserDataError, match=r"(?s)matches none.*npz: mmwave/\*\.npz.*mmexpert"):
+        detect_layout(str(tmp_path), layouts)
+    (tmp_path / "udoppler" / "000001A.npy").write_bytes(b"")
+    assert detect_layout(str(tmp_path), layouts).name == "mmexpert"
+    assert detect_layout(str(tmp_path), layouts, forced="mmexpert").name == "mmexpert"
+    with pytest.raises(UserDataError, match="--data.format npz expects mmwave"):
+        detect_layout(str(tmp_path), layouts, forced="npz")
+    with pytest.raises(UserDataError, match="unknown"):
+        detect_layout(str(tmp_path), layouts, forced="hdf5")
