@@ -171,7 +171,7 @@ def test_disk_text_cache_hits_and_misses(tmp_path):
             return ["a jumps then walks"]
 
     t = {"model_name": None, "max_length": 16, "pooling_strategy": "mean", "freeze_backbone": True,
-         "unfreeze_last_n": 0, "cache_features": True, "disk_cache": True}
+         "unfreeze_last_n": 0, "cache_features": True, "disk_cache": True, "cache_max_mb": 512}
     build_text_cache(str(tmp_path), t, {"train": Split()})
     cache = torch.load(text_cache_path(str(tmp_path), t))
     assert set(cache) == texts
@@ -200,6 +200,11 @@ def test_disk_text_cache_hits_and_misses(tmp_path):
         enc = TextEncoder(max_length=other["max_length"], embed_dim=8)
         load_text_cache(enc, str(tmp_path), other)
         assert enc.cache_state() == {}
+    # a file larger than the model's in-memory bound: the most recent part, with a warning
+    small = TextEncoder(max_length=16, embed_dim=8, cache_max_mb=0.02)
+    with pytest.warns(UserWarning, match=r"4 captions, but model.text.cache_max_mb=0.02 keeps only \d"):
+        load_text_cache(small, str(tmp_path), dict(t, cache_max_mb=0.02))
+    assert 0 < small.cache_info()["captions"] < 4
     # a trainable backbone never uses it
     build_text_cache(str(tmp_path / "trainable"), dict(t, freeze_backbone=False), {"train": Split()})
     assert not (tmp_path / "trainable").exists()

@@ -8,13 +8,19 @@ Off by default, since a single run only meets about a third of the
 captions. The file name holds everything the stored outputs depend on (the
 backbone, ``max_length``, the pooling: ``pooler`` stores the pooled output
 too); a caption missing from the file is encoded as usual when it is met.
+The model's in-memory caption cache is bounded (``model.text.cache_max_mb``):
+loading a larger file keeps its most recent part, with a warning.
 """
 import os
+import warnings
 
 import torch
 
 from models.text_encoder import TextEncoder
 from training.io import atomic_save
+
+# The build keeps every caption it encodes (the file is the whole dataset's).
+UNBOUNDED_MB = float(2 ** 30)
 
 
 def text_cache_path(folder, text_cfg):
@@ -50,7 +56,7 @@ def build_text_cache(folder, text_cfg, datasets, batch_size=256):
         return
     t = text_cfg
     enc = TextEncoder(model_name=t["model_name"], max_length=t["max_length"],
-                      pooling_strategy=t["pooling_strategy"]).eval()
+                      pooling_strategy=t["pooling_strategy"], cache_max_mb=UNBOUNDED_MB).eval()
     texts = all_captions(datasets)
     for i in range(0, len(texts), batch_size):
         enc(texts[i:i + batch_size])  # fills the encoder's caption cache
@@ -64,4 +70,10 @@ def load_text_cache(text_encoder, folder, text_cfg):
     if not (text_cache_enabled(text_cfg) and os.path.exists(path)
             and getattr(text_encoder, "cache_features", False)):
         return
-    text_encoder.load_cache(torch.load(path, map_location="cpu"))
+    state = torch.load(path, map_location="cpu")
+    text_encoder.load_cache(state)
+    kept = text_encoder.cache_info()["captions"]
+    if kept < len(state):
+        warnings.warn(f"{path}: {len(state)} captions, but model.text.cache_max_mb="
+                      f"{text_cfg['cache_max_mb']} keeps only {kept} in memory; the others are "
+                      "encoded again when met (raise model.text.cache_max_mb to keep them all)")

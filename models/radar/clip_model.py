@@ -116,7 +116,7 @@ def build_clip_model(cfg):
     text = TextEncoder(model_name=t["model_name"], embed_dim=m["embed_dim"],
                        max_length=t["max_length"], pooling_strategy=t["pooling_strategy"],
                        freeze_backbone=t["freeze_backbone"], unfreeze_last_n=t["unfreeze_last_n"],
-                       cache_features=t["cache_features"])
+                       cache_features=t["cache_features"], cache_max_mb=t["cache_max_mb"])
     return CLIPModel(build_radar_encoder(cfg), text,
                      temporal_negatives=loss["temporal_negative_weight"] > 0,
                      consistency=loss["consistency_weight"] > 0,
