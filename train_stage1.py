@@ -115,9 +115,15 @@ def make_loader(dataset, collate, cfg, info, batch_size, sampler=None):
     kwargs = dict(num_workers=cfg["workers"], collate_fn=collate, batch_size=batch_size,
                   pin_memory=cfg["pin_memory"] and info.device.type == "cuda")
     if cfg["workers"] > 0:
-        kwargs["prefetch_factor"] = cfg["prefetch_factor"]
+        kwargs.update(prefetch_factor=cfg["prefetch_factor"], worker_init_fn=seed_worker)
     return DataLoader(dataset, sampler=sampler, shuffle=False, drop_last=sampler is not None,
                       **kwargs)
+
+
+def seed_worker(worker_id):
+    """numpy and random in a worker from torch's per-worker seed (torch seeds
+    only itself and random); per-item randomness should use item_rng anyway."""
+    seed_everything(torch.initial_seed() % 2**32)
 
 
 def epoch_steps(datasets, collate, sampler, state, cfg, info, micro_bs):

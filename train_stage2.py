@@ -16,6 +16,11 @@ and the test metrics of the best epoch in logs/<name>/metrics.json.
 
 Stage 2 reads ``stage2.*`` (``--stage2.epochs``, ``--stage2.lr``, ...); the
 stage-1 flags of the same name are refused here rather than ignored.
+``--resume latest`` (or a path) continues after the last saved epoch; the
+checkpoint fixes everything but ``STAGE2_MAY_CHANGE`` (the OneCycle schedule
+spans ``stage2.epochs``, so that is fixed too). Each epoch reseeds its
+shuffle and random streams from (seed, epoch), so a resumed run draws what
+the uninterrupted one drew.
 """
 import os
 import sys
@@ -25,7 +30,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from families import load_family
-from training.checkpoint import CheckpointManager, git_commit, load_checkpoint
+from training.checkpoint import CheckpointManager, find_resume, git_commit, load_checkpoint
 from training.config import ConfigError, cli_keys, dump, load_config, parse_cli, set_dotted
 from training.data import to_device
 from training.distributed import DistInfo
@@ -33,7 +38,7 @@ from training.io import atomic_json
 from training.logger import RunLogger, to_float
 from training.precision import autocast as make_autocast, grad_scaler, resolve_precision
 from training.resources import apply_thread_budget
-from training.state import TrainState, restore_state, save_state, seed_everything
+from training.state import TrainState, restore_state, resume_config, save_state, seed_everything
 from training.step import NonFiniteError, check_nonfinite, optimizer_step
 
 MODES = ("scratch", "linear", "finetune", "frozen_then_finetune")
@@ -42,8 +47,10 @@ RENAMED_IN_STAGE2 = ("epochs", "lr", "wd", "batch_size", "grad_clip_norm", "moni
                      "monitor_mode")
 UNUSED_IN_STAGE2 = ("accum_freq", "warmup", "min_lr_ratio", "lr_multipliers", "beta1", "beta2",
                     "eps", "local_loss", "gather_with_grad", "max_steps", "save_every",
-                    "val_every", "resume", "grad_checkpointing", "ddp_find_unused",
-                    "dist_backend")
+                    "val_every", "grad_checkpointing", "ddp_find_unused", "dist_backend")
+STAGE2_MAY_CHANGE = ("log_every", "keep_last", "keep_best", "workers", "threads", "pin_memory",
+                     "prefetch_factor", "device", "precision", "max_nonfinite", "resume", "logs",
+                     "name", "config", "preset", "eval.")
 
 
 def split_args(argv):
@@ -77,16 +84,32 @@ def check_stage2_flags(argv):
                               f"(its keys are stage2.*, see training/config.py)")
 
 
+def run_name(cfg):
+    return cfg["name"] or f"{cfg['family']}-stage2-{cfg['stage2']['mode']}-seed{cfg['seed']}"
+
+
 def setup(argv):
-    """(cfg, mode, init path, stage-1 model state or None, device)."""
+    """(cfg, init path, stage-1 model state or None, device, stage-2 checkpoint or None)."""
     init, mode, rest = split_args(argv)
     check_stage2_flags(rest)
     cfg = load_config(rest)
     s2 = cfg["stage2"]
-    mode = mode or s2["mode"]
+    given_mode, mode = mode, mode or s2["mode"]
+    s2["mode"] = mode
+    resume = None
+    if cfg["resume"]:
+        path = find_resume(cfg["resume"], os.path.join(cfg["logs"], run_name(cfg)))
+        if path is None:
+            print(f"--resume {cfg['resume']}: no stage-2 checkpoint, starting fresh")
+        else:
+            resume = load_checkpoint(path)
+            cli = cli_keys(rest) | ({"stage2.mode"} if given_mode else set())
+            cfg, lines = resume_config(resume["config"], cfg, cli, STAGE2_MAY_CHANGE)
+            s2, mode, init = cfg["stage2"], cfg["stage2"]["mode"], init or resume["init"]
+            print(f"resuming stage 2 from {path} (epoch {resume['train_state']['epoch']})",
+                  *lines, sep="\n")
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
-    s2["mode"] = mode
     if mode != "scratch" and init is None:
         raise ConfigError(f"--mode {mode} needs --init <stage-1 checkpoint>")
     state = None
@@ -95,19 +118,20 @@ def setup(argv):
         if ckpt["config"]["family"] != cfg["family"]:
             raise ConfigError(f"{init}: checkpoint is of family {ckpt['config']['family']!r}, "
                               f"not {cfg['family']!r}")
-        # The encoder's architecture and the data are the stage-1 run's, unless
-        # the command line says otherwise (another copy of the data, say).
-        for sec in ("data", "model"):
-            cfg[sec] = ckpt["config"][sec]
-        for k, v in parse_cli(rest):
-            if k.split(".")[0] in ("data", "model"):
-                set_dotted(cfg, k, v)
+        if resume is None:
+            # The encoder's architecture and the data are the stage-1 run's, unless
+            # the command line says otherwise (another copy of the data, say).
+            for sec in ("data", "model"):
+                cfg[sec] = ckpt["config"][sec]
+            for k, v in parse_cli(rest):
+                if k.split(".")[0] in ("data", "model"):
+                    set_dotted(cfg, k, v)
         state = ckpt["model"] if mode != "scratch" else None
     device = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
     cfg["precision"], why = resolve_precision(cfg["precision"], device)
     print(f"precision: {cfg['precision']} ({why})\n{apply_thread_budget(cfg)}")
     seed_everything(cfg["seed"])
-    return cfg, mode, init, state, device
+    return cfg, init, state, device, resume
 
 
 def set_encoder_trainable(encoder, trainable):
@@ -146,6 +170,14 @@ def make_train_loader(train_ds, collate, cfg):
                       generator=torch.Generator().manual_seed(cfg["seed"]))
 
 
+def seed_epoch(loader, seed, epoch):
+    """Epoch ``epoch``'s shuffle and random streams from (seed, epoch) alone."""
+    seed_everything(seed * 100003 + epoch)
+    for g in {id(x): x for x in (loader.generator, getattr(loader.sampler, "generator", None))
+              if x is not None}.values():
+        g.manual_seed(seed * 100003 + epoch)
+
+
 def train_epoch(loader, model, loss_fn, opt, sched, scaler, autocast, state, cfg, device,
                 logger, ckpt_dir, desc):
     """One epoch of the stage-1 optimizer step (scaler, agreement, skipping)."""
@@ -172,8 +204,8 @@ def train_epoch(loader, model, loss_fn, opt, sched, scaler, autocast, state, cfg
 
 
 def main(argv=None):
-    cfg, mode, init, stage1_state, device = setup(sys.argv[1:] if argv is None else argv)
-    s2 = cfg["stage2"]
+    cfg, init, stage1_state, device, resume = setup(sys.argv[1:] if argv is None else argv)
+    s2, mode = cfg["stage2"], cfg["stage2"]["mode"]
     family = load_family(cfg["family"])
     if not hasattr(family, "build_stage2"):
         raise ConfigError(f"family {cfg['family']!r} has no stage 2")
@@ -183,8 +215,7 @@ def main(argv=None):
     encoder = parts.get("encoder", getattr(model, "encoder", None))
     datasets = parts["datasets"]
 
-    run_dir = os.path.join(cfg["logs"], cfg["name"] or
-                           f"{cfg['family']}-stage2-{mode}-seed{cfg['seed']}")
+    run_dir = os.path.join(cfg["logs"], run_name(cfg))
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     os.makedirs(run_dir, exist_ok=True)
     dump(dict(cfg, stage2_init=init), os.path.join(run_dir, "config.yaml"))
@@ -200,15 +231,27 @@ def main(argv=None):
     set_encoder_trainable(encoder, frozen_phase == 0)
     opt, sched = make_optimizer(model, encoder, s2, s2["lr"], frozen_phase or s2["epochs"],
                                 len(loader))
-    for epoch in range(s2["epochs"]):
+
+    def fine_tune_phase(epoch):
+        # Linear probe, then fine-tune (LP-FT): the trained head continues at
+        # the encoder's small lr, so unfreezing does not restart a large warm-up
+        # that would undo the probe.
+        set_encoder_trainable(encoder, True)
+        return make_optimizer(model, encoder, s2, s2["lr"] * s2["encoder_lr_mult"],
+                              s2["epochs"] - epoch, len(loader))
+
+    start = 0
+    if resume is not None:
+        if mode == "frozen_then_finetune" and resume["train_state"]["epoch"] >= frozen_phase:
+            opt, sched = fine_tune_phase(frozen_phase)  # the optimizer the checkpoint holds
+        restore_state({"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler,
+                       "train_state": state}, resume)
+        start = state.epoch + 1
+    for epoch in range(start, s2["epochs"]):
         state.epoch = epoch
         if mode == "frozen_then_finetune" and epoch == frozen_phase:
-            # Linear probe, then fine-tune (LP-FT): the trained head continues at
-            # the encoder's small lr, so unfreezing does not restart a large warm-up
-            # that would undo the probe.
-            set_encoder_trainable(encoder, True)
-            opt, sched = make_optimizer(model, encoder, s2, s2["lr"] * s2["encoder_lr_mult"],
-                                        s2["epochs"] - epoch, len(loader))
+            opt, sched = fine_tune_phase(epoch)
+        seed_epoch(loader, cfg["seed"], epoch)
         model.train()
         if encoder is not None and not any(p.requires_grad for p in encoder.parameters()):
             encoder.eval()  # a frozen encoder also keeps its dropout/norm statistics fixed

@@ -143,3 +143,35 @@ def test_stage2_fp16_uses_a_grad_scaler(tmp_path):
     assert ck["scaler"]["scale"] > 0  # an enabled scaler's state (a disabled one saves {})
     assert ck["train_state"]["step"] == 512 // 32 and ck["optimizer"]["state"]
     assert not [f for f in os.listdir(tmp_path / "fp16" / "checkpoints") if ".tmp." in f]
+
+
+def test_stage2_resume_continues_as_the_uninterrupted_run(tmp_path, capsys):
+    """frozen_then_finetune over 3 epochs (frozen for 1); resumed from the
+    checkpoint of epoch 0 (before the switch) and of epoch 1 (after it)."""
+    import shutil
+    import train_stage1
+    import train_stage2
+    run = train_stage1.main(["--config", TINY_YAML, "--logs", str(tmp_path), "--name", "s1",
+                             "--max-steps", "4", "--val-every", "0"])
+    init = os.path.join(run, "checkpoints", "latest.pt")
+    args = ["--config", TINY_YAML, "--init", init, "--mode", "frozen_then_finetune",
+            "--stage2.epochs", "3", "--stage2.frozen_epochs", "1", "--keep-last", "5",
+            "--logs", str(tmp_path), "--model.dropout", "0.2"]
+    train_stage2.main(args + ["--name", "full"])
+    full = torch.load(tmp_path / "full" / "checkpoints" / "latest.pt", weights_only=False)
+    steps = sorted(f for f in os.listdir(tmp_path / "full" / "checkpoints") if f.startswith("step_"))
+    assert len(steps) == 3
+    for i, step_file in enumerate(steps[:2]):
+        name = f"resumed{i}"
+        shutil.copytree(tmp_path / "full", tmp_path / name)
+        for later in steps[i + 1:]:
+            os.remove(tmp_path / name / "checkpoints" / later)
+        capsys.readouterr()
+        train_stage2.main(args + ["--name", name, "--resume", "latest"])
+        out = capsys.readouterr().out
+        assert f"resuming stage 2 from" in out and f"(epoch {i})" in out
+        assert f"epoch {i}:" not in out and "epoch 2:" in out  # only the epochs after it ran
+        again = torch.load(tmp_path / name / "checkpoints" / "latest.pt", weights_only=False)
+        assert again["train_state"] == full["train_state"]
+        for k, v in full["model"].items():
+            assert torch.equal(v, again["model"][k]), (name, k)

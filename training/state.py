@@ -88,10 +88,6 @@ def seed_micro_batch(seed, step, slice_index):
                                                 int(slice_index)]).generate_state(1)[0]))
 
 
-def _may_change(key):
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
-
-
 def _flat(d, path=""):
     out = {}
     for k, v in d.items():
@@ -106,11 +102,14 @@ def _unset(v):
     return v is None or v == "auto"
 
 
-def resume_config(saved, current, cli):
+def resume_config(saved, current, cli, may_change=RESUME_MAY_CHANGE):
     """The resumed run's config: ``saved`` (the checkpoint's) with the keys of
-    ``RESUME_MAY_CHANGE`` taken from ``current``. ``cli``: the dotted keys the
+    ``may_change`` taken from ``current``. ``cli``: the dotted keys the
     command line set. Returns (config, lines to print); raises ConfigError
     when the command line sets a fixed key to another value."""
+    def _may_change(key):
+        return any(key == k or (k.endswith(".") and key.startswith(k)) for k in may_change)
+
     old, new = _flat(saved), _flat(current)
     refused, ignored, changed = [], [], []
     for key in sorted(set(old) | set(new)):
