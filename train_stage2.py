@@ -22,6 +22,7 @@ spans ``stage2.epochs``, so that is fixed too). Each epoch reseeds its
 shuffle and random streams from (seed, epoch), so a resumed run draws what
 the uninterrupted one drew.
 """
+import copy
 import os
 import sys
 
@@ -88,6 +89,16 @@ def run_name(cfg):
     return cfg["name"] or f"{cfg['family']}-stage2-{cfg['stage2']['mode']}-seed{cfg['seed']}"
 
 
+def take_stage1_data_and_model(cfg, stage1_cfg, rest):
+    """The encoder's architecture and the data are the stage-1 run's, unless
+    the command line says otherwise (another copy of the data, say)."""
+    for sec in ("data", "model"):
+        cfg[sec] = copy.deepcopy(stage1_cfg[sec])
+    for k, v in parse_cli(rest):
+        if k.split(".")[0] in ("data", "model"):
+            set_dotted(cfg, k, v)
+
+
 def setup(argv):
     """(cfg, init path, stage-1 model state or None, device, stage-2 checkpoint or None)."""
     init, mode, rest = split_args(argv)
@@ -103,6 +114,8 @@ def setup(argv):
             print(f"--resume {cfg['resume']}: no stage-2 checkpoint, starting fresh")
         else:
             resume = load_checkpoint(path)
+            # data.* and model.* came from the stage-1 run, not from the YAML
+            take_stage1_data_and_model(cfg, resume["config"], rest)
             cli = cli_keys(rest) | ({"stage2.mode"} if given_mode else set())
             cfg, lines = resume_config(resume["config"], cfg, cli, STAGE2_MAY_CHANGE)
             s2, mode, init = cfg["stage2"], cfg["stage2"]["mode"], init or resume["init"]
@@ -119,13 +132,7 @@ def setup(argv):
             raise ConfigError(f"{init}: checkpoint is of family {ckpt['config']['family']!r}, "
                               f"not {cfg['family']!r}")
         if resume is None:
-            # The encoder's architecture and the data are the stage-1 run's, unless
-            # the command line says otherwise (another copy of the data, say).
-            for sec in ("data", "model"):
-                cfg[sec] = ckpt["config"][sec]
-            for k, v in parse_cli(rest):
-                if k.split(".")[0] in ("data", "model"):
-                    set_dotted(cfg, k, v)
+            take_stage1_data_and_model(cfg, ckpt["config"], rest)
         state = ckpt["model"] if mode != "scratch" else None
     device = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
     cfg["precision"], why = resolve_precision(cfg["precision"], device)
