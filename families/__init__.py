@@ -1,9 +1,11 @@
 """Families plug into the one training loop through this contract.
 
-A family is a plain module ``families/<name>.py`` (``--family <name>``) that
-defines the functions below. Nothing registers itself; ``load_family(name)``
-just imports the module. The loop (``train_stage1.py``) owns everything else:
-distribution, precision, accumulation, checkpoints, logging.
+A family is a package ``families/<name>/`` (``--family <name>``) whose
+``__init__.py`` defines the functions below (its evaluation, figures and
+stage 2 live beside it; its datasets and collate in ``data/<name>/``).
+Nothing registers itself; ``load_family(name)`` just imports the package.
+The loop (``train_stage1.py``) owns everything else: distribution,
+precision, accumulation, checkpoints and resumption, logging.
 
 Stage 1 (contrastive pretraining)
 ---------------------------------
@@ -14,7 +16,9 @@ Stage 1 (contrastive pretraining)
 ``build_datasets(cfg) -> {"train": Dataset, "val": Dataset, "test": Dataset}``
     Map-style datasets. Per-item randomness (crops, augmentation) must come
     from ``training.data.item_rng(seed, epoch, index)`` and the dataset's
-    ``set_epoch(epoch)`` (optional), so a resumed run sees the same items.
+    ``set_epoch(epoch)`` (optional), so a resumed run sees the same items
+    (randomness inside the model, e.g. dropout, is reseeded by the loop for
+    every micro-batch).
 ``collate(items) -> batch``
     ``batch`` is a dict of tensors (batch-first) and lists (e.g. captions).
 ``build_model(cfg) -> nn.Module``
@@ -36,8 +40,8 @@ Stage 1 (contrastive pretraining)
     write figures there (PNG); ``writer`` given: also log images to
     TensorBoard.
 
-Optional: ``param_groups_lr(cfg) -> {module_prefix: lr_multiplier}`` (the
-default reads ``cfg["lr_multipliers"]``).
+Learning-rate multipliers per parameter prefix are the config's
+``lr_multipliers`` map (``training/optim.py``); a family has no hook for them.
 
 Stage 2 (supervised, ``train_stage2.py``)
 -----------------------------------------
@@ -63,5 +67,5 @@ def load_family(name):
     except ModuleNotFoundError as e:
         if e.name == f"families.{name}":
             raise ValueError(f"unknown family {name!r}; expected one of {FAMILIES} "
-                             f"or a module families/{name}.py") from None
+                             f"or a package families/{name}/") from None
         raise
