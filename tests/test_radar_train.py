@@ -107,22 +107,30 @@ def test_train_stage2_linear_runs_and_writes_test_metrics(stage1):
         assert json.load(f)["action_acc"] == pytest.approx(test["action_acc"])
 
 
+def _without_key_bias(name, w, embed_dim):
+    """Attention's key bias has no gradient (softmax ignores a shift shared by
+    every key), so Adam turns its float noise into steps of size lr: left out."""
+    return torch.cat([w[:embed_dim], w[2 * embed_dim:]]) if name.endswith("in_proj_bias") else w
+
+
 def test_accum_freq_2_ends_with_the_weights_of_accum_freq_1(stage1):
     """Through train_stage1.main: 3 steps of global batch 4 as 2 micro-batches of
     2 give the weights of 3 steps of 4 at once (dropout off; every loss term on:
     CLIP, temporal SequenceSimilarity, temporal negatives)."""
     tmp, root, _ = stage1
     logs = tmp / "accum"
-    args = tiny_args(root, logs) + ["--model.dropout", "0.0", "--max-steps", "3", "--val-every", "0",
-                                    "--save-every", "0"]
+    args = tiny_args(root, logs) + ["--model.dropout", "0.0", "--max-steps", "3", "--warmup", "0",
+                                    "--val-every", "0", "--save-every", "0"]
     weights = {}
     for k in (1, 2):
         train_stage1.main(args + ["--name", f"accum{k}", "--accum-freq", str(k)])
         weights[k] = load_checkpoint(str(logs / f"accum{k}" / "checkpoints" / "latest.pt"))
         assert weights[k]["train_state"]["step"] == 3
+    D = weights[1]["config"]["model"]["embed_dim"]
     for part in ("model", "criterion"):
         for name, w in weights[1][part].items():
-            torch.testing.assert_close(weights[2][part][name], w, atol=1e-5, rtol=1e-4,
+            torch.testing.assert_close(_without_key_bias(name, weights[2][part][name], D),
+                                       _without_key_bias(name, w, D), atol=1e-5, rtol=1e-4,
                                        msg=f"{part}.{name}")
-    # the steps trained: the temperature moved from its initial log(1 / 0.07)
-    assert abs(float(weights[1]["criterion"]["logit_scale"]) - math.log(1 / 0.07)) > 1e-4
+    # the steps trained: the temperature moved from its initial log(1 / 0.07) by far more than atol
+    assert abs(float(weights[1]["criterion"]["logit_scale"]) - math.log(1 / 0.07)) > 5e-4
