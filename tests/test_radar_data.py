@@ -9,6 +9,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
+import families.radar as fam
 from data.cache import UserDataError, read_marker
 from data.radar.actions import ACTION_NAMES, ACTIONS
 from data.radar.dataset import RadarDataError, RadarTextDataset, collate_radar
@@ -16,6 +17,7 @@ from data.radar.fmcw import RadarConfig, array_kernel_power, hann_kernel_power, 
 from data.radar.motion import forward_kinematics, sample_body
 from data.radar.sim import GENERATOR_DEFAULTS, body_scatterers, ensure_radar_dataset, generate_radar_dataset
 from data.radar.temporal import TemporalNegatives
+from tests.radar_tiny import tiny_cfg
 
 CFG = RadarConfig()
 
@@ -449,3 +451,15 @@ def test_bad_swapped_captions_field_names_the_file():
     base = _Clips([(["c"], "not a list", 2)])
     with pytest.raises(ValueError, match=r"meta/0.json: field 'order_swapped_captions' must be a list"):
         TemporalNegatives(base)[0]
+
+
+def test_family_never_writes_into_a_users_folder(tmp_path):
+    root = _write_fake(tmp_path, {"a": 120})
+    before = sorted(os.listdir(root))
+    with pytest.raises(UserDataError, match="--data.generate false"):
+        fam.prepare_data(tiny_cfg(root))
+    fam.prepare_data(tiny_cfg(root, "--data.generate", "false"))    # real data: used as it is
+    assert sorted(os.listdir(root)) == before
+    assert len(RadarTextDataset(root, "train")) == 1
+    with pytest.raises(UserDataError, match="no such folder"):
+        fam.prepare_data(tiny_cfg(tmp_path / "missing", "--data.generate", "false"))

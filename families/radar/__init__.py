@@ -16,7 +16,7 @@ from data.radar.sim import ensure_radar_dataset
 from data.radar.temporal import TemporalNegatives
 from families.radar.evaluation import evaluate_radar
 from families.radar.stage2 import build_radar_stage2
-from families.radar.text_cache import build_text_cache, load_text_cache
+from families.radar.text_cache import build_text_cache, load_text_cache, text_cache_enabled
 from losses.radar_loss import build_radar_criterion
 from models.radar.clip_model import build_clip_model
 from training.config import REPO_ROOT
@@ -50,7 +50,8 @@ def prepare_data(cfg):
                              workers=d["gen_workers"], **(d.get("sim") or {}))
     else:
         check_user_folder(root, "radar data (mmExpert format)")
-    build_text_cache(derived_dir(cfg), cfg["model"]["text"], build_datasets(cfg))
+    if text_cache_enabled(cfg["model"]["text"]):  # reading every split is not free: only then
+        build_text_cache(derived_dir(cfg), cfg["model"]["text"], build_datasets(cfg))
 
 
 def build_datasets(cfg):
