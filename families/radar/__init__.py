@@ -77,9 +77,5 @@ def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, 
     return evaluate_radar(model, criterion, dataset, cfg, device, out_dir, writer, step)
 
 
-def param_groups_lr(cfg):
-    return dict(cfg.get("lr_multipliers") or {})
-
-
 def build_stage2(cfg, stage1_model_state, mode):
     return build_radar_stage2(cfg, build_datasets(cfg), stage1_model_state, mode)
