@@ -13,7 +13,9 @@ from scipy.io import wavfile
 
 import families.sclap as fam
 from data.cache import UserDataError
-from data.sclap.dataset import (ManifestError, STClothoDataset, collate, load_foa, read_manifest)
+from data.sclap.audio_io import AudioFileError, read_foa
+from data.sclap.dataset import STClothoDataset, collate
+from data.sclap.manifest import ManifestError, read_manifest
 from data.sclap.generate import MANIFEST, MANIFEST_COLUMNS, generate
 from data.sclap.spatial import Room, direction_vector, foa_encode, sector_of
 from models.sclap.classical_doa import angular_error_deg, block_intensity, estimate_two_doas
@@ -70,7 +72,7 @@ def test_manifest_round_trip(dataset_dir):
     for r, w in zip(rows, raw):
         assert r["file_name"] == w["file_name"] and r["caption"] == w["caption"]
         assert r["event1_azimuth"] == pytest.approx(float(w["event1_azimuth"]))
-        x = load_foa(os.path.join(dataset_dir, r["file_name"]), SR, 4 * SR)
+        x = read_foa(os.path.join(dataset_dir, r["file_name"]), SR, 4.0)
         assert x.shape == (4, 4 * SR) and np.abs(x).max() > 0.1
     ds = STClothoDataset(dataset_dir, "train", FE)
     assert len(ds) == 3
@@ -103,7 +105,7 @@ def test_negatives_swap_order_and_direction(dataset_dir):
         assert p["caption"] != t["caption"] != s["caption"] != p["caption"]
         # audio: the direction measured in each half of each clip is the labelled one
         for r in (p, t, s):
-            x = load_foa(os.path.join(dataset_dir, r["file_name"]), SR, 4 * SR)
+            x = read_foa(os.path.join(dataset_dir, r["file_name"]), SR, 4.0)
             halves = [block_intensity(x[:, h * 2 * SR:(h + 1) * 2 * SR], SR).sum(0) for h in (0, 1)]
             measured = np.stack(halves)[None]                      # [1, 2, 3] in time order
             labelled = np.stack([direction_vector(r[f"event{e}_azimuth"], r[f"event{e}_elevation"])
@@ -112,8 +114,8 @@ def test_negatives_swap_order_and_direction(dataset_dir):
                 (measured / np.linalg.norm(measured, axis=-1, keepdims=True) * labelled).sum(-1), -1, 1)))
             assert in_order.max() < 30.0, (r["file_name"], in_order)
         # and the W-channel signal of A in pos slot 0 reappears in neg_t slot 1
-        xp = load_foa(os.path.join(dataset_dir, p["file_name"]), SR, 4 * SR)[0, :2 * SR]
-        xt = load_foa(os.path.join(dataset_dir, t["file_name"]), SR, 4 * SR)[0, 2 * SR:]
+        xp = read_foa(os.path.join(dataset_dir, p["file_name"]), SR, 4.0)[0, :2 * SR]
+        xt = read_foa(os.path.join(dataset_dir, t["file_name"]), SR, 4.0)[0, 2 * SR:]
         assert np.corrcoef(xp, xt)[0, 1] > 0.6
 
 
@@ -144,18 +146,20 @@ def test_bad_input_errors(dataset_dir, tmp_path):
                                                                   and r["variant"] == "neg_s")])
     with pytest.raises(ManifestError, match="train_00000.*expected all of"):
         STClothoDataset(str(tmp_path), "train", FE)
-    # WAV problems
+    # event classes and onsets are optional (real data have none)
+    _write_manifest(tmp_path / MANIFEST, [{k: v for k, v in r.items() if "class" not in k and "onset" not in k}
+                                          for r in rows])
+    assert len(read_manifest(str(tmp_path))) == len(rows)
+    # audio problems
     stereo = tmp_path / "stereo.wav"
     wavfile.write(stereo, SR, np.zeros((SR, 2), np.int16))
-    with pytest.raises(ManifestError, match="stereo.wav.*expected \\[samples, 4\\]"):
-        load_foa(str(stereo), SR, SR)
-    with pytest.raises(ManifestError, match="sample rate 16000 Hz, expected 24000"):
-        load_foa(str(stereo), 24000, SR)
+    with pytest.raises(AudioFileError, match="stereo.wav: 2 channel.*expected 4 FOA channels"):
+        read_foa(str(stereo), SR, 1.0)
     with pytest.raises(FileNotFoundError, match="missing.wav"):
-        load_foa(str(tmp_path / "missing.wav"), SR, SR)
+        read_foa(str(tmp_path / "missing.wav"), SR, 1.0)
     (tmp_path / "junk.wav").write_bytes(b"not a wav")
-    with pytest.raises(ManifestError, match="junk.wav: not a readable WAV"):
-        load_foa(str(tmp_path / "junk.wav"), SR, SR)
+    with pytest.raises(AudioFileError, match="junk.wav: not a readable audio file"):
+        read_foa(str(tmp_path / "junk.wav"), SR, 1.0)
     assert MANIFEST_COLUMNS[0] == "split"
 
 
@@ -164,7 +168,7 @@ def test_classical_doa_baseline_finds_both_events(dataset_dir):
     errs = []
     for it, doa in zip(ds.items, ds.doa):
         for v, target in zip(("pos", "neg_t", "neg_s"), doa):
-            x = load_foa(os.path.join(dataset_dir, it[v]["file_name"]), SR, 4 * SR)
+            x = read_foa(os.path.join(dataset_dir, it[v]["file_name"]), SR, 4.0)
             errs.append(angular_error_deg(estimate_two_doas(x, SR)[None], target[None])[0])
     # it does not know when the events occur, yet separates them (chance is ~90 deg)
     assert np.mean(errs) < 30.0, errs
@@ -230,14 +234,14 @@ def test_cache_rebuilds_when_any_generator_key_changes(tmp_path, monkeypatch):
 
 
 def test_a_users_folder_gets_no_cache_files(dataset_dir, tmp_path, monkeypatch):
-    """data.generate false: the features are cached under the repository's
-    data_cache, and the user's folder stays byte-identical."""
+    """data.generate false: the features are cached under data.cache_dir, and
+    the user's folder stays byte-identical."""
     user = tmp_path / "mydata"
     shutil.copytree(dataset_dir, user, ignore=shutil.ignore_patterns("features_*", ".structclip*"))
     before = _tree(str(user)), sorted(os.listdir(user))
-    monkeypatch.setattr(fam, "REPO_ROOT", str(tmp_path / "repo"))
     cfg = load_config(["--family", "sclap", "--data.generate", "false", "--data.root", str(user),
-                       "--data.sample_rate", str(SR), "--data.clip_seconds", "4.0"])
+                       "--data.sample_rate", str(SR), "--data.clip_seconds", "4.0",
+                       "--data.cache_dir", str(tmp_path / "repo")])
     fam.prepare_data(cfg)
     ds = fam.build_datasets(cfg)
     assert ds["train"][0]["feats"].shape == (3, 7, 101, 32)

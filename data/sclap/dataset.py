@@ -1,114 +1,30 @@
-"""Loader for stClotho-style spatial triplet data (generated or real).
+"""sCLAP dataset: triplets of one split, from any layout data/sclap/layouts.py reads.
 
-Reads <root>/stclotho_manifest.csv (columns: data/sclap/generate.MANIFEST_COLUMNS)
-and the 4-channel FOA WAVs it names. Every problem is reported with the file,
-the field and what was expected. The front end (log-mels + intensity vectors)
-is computed once per split and cached as a float16 .npy (next to generated
-data; elsewhere for a user's folder, see families/sclap), which is what lets
-two CPU cores train on it.
+The files are read by data/sclap/audio_io.py (FLAC/WAV, resampled to the
+model's rate, the long-clip policy) and the front end (log-mels + intensity
+vectors) is computed once per split and cached as a float16 .npy (in our
+generated folder; under data_cache/ for a user's folder, see families/sclap),
+which is what lets two CPU cores train on it. Every caption of an item is
+kept: training draws one per item per epoch (the same index for pos, neg_t
+and neg_s), evaluation ranks them all (families/sclap/evaluation.py).
 """
-import csv
 import hashlib
 import json
 import os
-from collections import OrderedDict
+from collections import Counter
 
 import numpy as np
 import torch
-from scipy.io import wavfile
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from data.cache import UserDataError
-from data.sclap.generate import MANIFEST, MANIFEST_COLUMNS
+from data.sclap.audio_io import AudioFileError, audio_info, files_rate, read_foa
+from data.sclap.layouts import read_split
+from data.sclap.manifest import VARIANTS
 from data.sclap.spatial import direction_vector, sector_of
 from models.sclap.frontend import SpatialFrontEnd
 from training.data import item_rng
 from training.io import atomic_write
-
-VARIANTS = ("pos", "neg_t", "neg_s")
-
-
-class ManifestError(UserDataError):
-    """A manifest row or audio file that does not match the stClotho-style format."""
-
-
-def _float(row, key, path, line):
-    try:
-        return float(row[key])
-    except (TypeError, ValueError):
-        raise ManifestError(f"{path}, line {line}: field {key!r} must be a number "
-                            f"(degrees or seconds), got {row[key]!r}") from None
-
-
-def read_manifest(root):
-    """All rows of the manifest as dicts, event angles parsed to floats."""
-    path = os.path.join(root, MANIFEST)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: manifest not found (expected an stClotho-style "
-                                f"CSV with columns {MANIFEST_COLUMNS})")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ManifestError(f"{path}: missing column(s) {missing}; expected {MANIFEST_COLUMNS}")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            if row["variant"] not in VARIANTS + ("single",):
-                raise ManifestError(f"{path}, line {line}: field 'variant' must be one of "
-                                    f"{VARIANTS + ('single',)}, got {row['variant']!r}")
-            n_events = 1 if row["variant"] == "single" else 2
-            for e in range(1, n_events + 1):
-                for k in ("azimuth", "elevation"):
-                    row[f"event{e}_{k}"] = _float(row, f"event{e}_{k}", path, line)
-                if not row[f"event{e}_class"]:
-                    raise ManifestError(f"{path}, line {line}: field 'event{e}_class' is empty")
-            if not row["caption"].strip():
-                raise ManifestError(f"{path}, line {line}: field 'caption' is empty")
-            row["line"] = line
-            rows.append(row)
-    return rows
-
-
-def group_triplets(rows, split, path="manifest"):
-    """{item_id: {variant: row}} for one split, in file order; every item needs all three variants."""
-    items = OrderedDict()
-    for r in rows:
-        if r["split"] == split and r["variant"] != "single":
-            items.setdefault(r["item_id"], {})
-            if r["variant"] in items[r["item_id"]]:
-                raise ManifestError(f"{path}, line {r['line']}: item {r['item_id']!r} has two "
-                                    f"{r['variant']!r} rows")
-            items[r["item_id"]][r["variant"]] = r
-    for item_id, v in items.items():
-        if set(v) != set(VARIANTS):
-            raise ManifestError(f"{path}: item {item_id!r} of split {split!r} has variants "
-                                f"{sorted(v)}; expected all of {list(VARIANTS)}")
-    if not items:
-        raise ManifestError(f"{path}: no triplets for split {split!r}")
-    return items
-
-
-def load_foa(path, sample_rate, num_samples):
-    """WAV -> float32 [4, num_samples] (zero-padded or cut), checking format."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: audio file named in the manifest does not exist")
-    try:
-        sr, x = wavfile.read(path)
-    except ValueError as e:
-        raise ManifestError(f"{path}: not a readable WAV file ({e})") from None
-    if sr != sample_rate:
-        raise ManifestError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz (data.sample_rate)")
-    if x.ndim != 2 or x.shape[1] != 4:
-        raise ManifestError(f"{path}: shape {x.shape}; expected [samples, 4] FOA channels "
-                            f"(ACN order W, Y, Z, X, SN3D)")
-    if x.dtype == np.int16:
-        x = x.astype(np.float32) / 32768.0
-    elif x.dtype == np.int32:
-        x = x.astype(np.float32) / 2147483648.0
-    else:
-        x = x.astype(np.float32)
-    x = x.T[:, :num_samples]
-    return np.pad(x, ((0, 0), (0, num_samples - x.shape[1])))
 
 
 def _doa_target(row, n_events=2):
@@ -137,22 +53,71 @@ def cached_array(path, compute):
     return np.load(path, mmap_mode="r")
 
 
-def cached_features(root, rows, frontend_cfg, tag, cache_dir=None, batch=32):
-    """Front-end features of the rows' WAVs, [N, 7, T, M] float16, cached as
-    .npy in cache_dir (default: root)."""
-    key = clips_key(root, rows, frontend_cfg)
+def audio_settings(root, rows, frontend_cfg, long_clips, resample, what, log=print):
+    """(front-end config, extra settings) for these files, from their headers.
+    With data.resample false the front end runs at the files' rate. The extra
+    settings (resampling, the long-clip policy and where each long clip's
+    window sits) name the features only when some file needs them, so data
+    already at the model's rate and length keep their cache."""
+    paths = [os.path.join(root, r["file_name"]) for r in rows]
+    fe, extra = dict(frontend_cfg), {}
+    if not resample:
+        rate = files_rate(paths)
+        if rate != fe["sample_rate"]:
+            log(f"sclap: {what}: files at {rate} Hz used as they are (data.resample false): the "
+                f"front end runs at {rate} Hz, not data.sample_rate {fe['sample_rate']}")
+        fe["sample_rate"] = rate
+    infos = [audio_info(p) for p in paths]
+    rates = Counter(sr for sr, _, _ in infos if sr != fe["sample_rate"])
+    if rates:
+        extra["resample"] = True
+        log(f"sclap: {what}: {sum(rates.values())} of {len(paths)} files at "
+            f"{', '.join(f'{sr} Hz' for sr in sorted(rates))} resampled to {fe['sample_rate']} Hz "
+            f"(torchaudio; data.resample false keeps the files' rate)")
+    long = [i for i, (sr, frames, _) in enumerate(infos) if frames > round(fe["clip_seconds"] * sr)]
+    if long:
+        longest = max(infos[i][1] / infos[i][0] for i in long)
+        if long_clips == "error":
+            i = long[0]
+            raise AudioFileError(f"{paths[i]}: {infos[i][1] / infos[i][0]:.2f} s, longer than the "
+                                 f"model's window (data.clip_seconds {fe['clip_seconds']:g} s) and "
+                                 f"data.long_clips is 'error' ({len(long)} such files); choose join, "
+                                 f"stride or truncate")
+        extra["long_clips"] = long_clips
+        extra["join_s"] = [rows[i]["join_s"] for i in long]
+        log(f"sclap: {what}: {len(long)} of {len(paths)} files longer than the "
+            f"{fe['clip_seconds']:g} s window (up to {longest:.1f} s): data.long_clips {long_clips}")
+    return fe, extra
+
+
+def frames_of(fe_cfg):
+    """Frames the front end gives for one window (torchaudio's centred STFT)."""
+    return int(fe_cfg["sample_rate"] * fe_cfg["clip_seconds"]) // fe_cfg["hop_length"] + 1
+
+
+def cached_features(root, rows, frontend_cfg, tag, cache_dir=None, batch=32, read=None, extra=None):
+    """Front-end features of the rows' files, [N, 7, T, M] float16, cached as
+    .npy in cache_dir (default: root). ``read(row)`` -> FOA [4, n] (longer
+    under data.long_clips stride: its frames are average-pooled to T)."""
+    extra = extra or {}
+    key = clips_key(root, rows, {**frontend_cfg, **extra})
     path = os.path.join(cache_dir or root, f"features_{tag}_{key}.npy")
+    n = int(frontend_cfg["sample_rate"] * frontend_cfg["clip_seconds"])
+    read = read or (lambda r: read_foa(os.path.join(root, r["file_name"]), frontend_cfg["sample_rate"],
+                                       frontend_cfg["clip_seconds"]))
 
     def compute():
         fe = SpatialFrontEnd(**{k: v for k, v in frontend_cfg.items() if k != "clip_seconds"})
-        n = int(frontend_cfg["sample_rate"] * frontend_cfg["clip_seconds"])
+        T = frames_of(frontend_cfg)
         out = None
         for i in range(0, len(rows), batch):
-            foa = torch.from_numpy(np.stack([load_foa(os.path.join(root, r["file_name"]),
-                                                      frontend_cfg["sample_rate"], n)
-                                             for r in rows[i:i + batch]]))
-            logmel, iv = fe(foa)
-            f = torch.cat([logmel, iv], 1).half().numpy()              # [b, 7, T, M]
+            clips = [read(r) for r in rows[i:i + batch]]
+            if all(c.shape[1] == n for c in clips):
+                logmel, iv = fe(torch.from_numpy(np.stack(clips)))
+                f = torch.cat([logmel, iv], 1)                            # [b, 7, T, M]
+            else:                                                         # stride: whole long clips
+                f = torch.cat([_pooled(fe, c, T) for c in clips])
+            f = f.half().numpy()
             if out is None:
                 out = np.empty((len(rows),) + f.shape[1:], np.float16)
             out[i:i + len(f)] = f
@@ -160,33 +125,58 @@ def cached_features(root, rows, frontend_cfg, tag, cache_dir=None, batch=32):
     return cached_array(path, compute)
 
 
+def _pooled(fe, clip, T):
+    """Features of one clip of any length, frames average-pooled to T. [1, 7, T, M]"""
+    logmel, iv = fe(torch.from_numpy(clip)[None])
+    f = torch.cat([logmel, iv], 1)                                        # [1, 7, T_long, M]
+    if f.shape[2] == T:
+        return f
+    return F.adaptive_avg_pool1d(f.permute(0, 1, 3, 2).flatten(0, 2)[None], T)[0].view(
+        1, 7, f.shape[3], T).permute(0, 1, 3, 2)
+
+
 class STClothoDataset(Dataset):
     """Triplets of one split. Item i -> dict with
     feats [3, 7, T, M] (pos, neg_t, neg_s), doa [3, 2, 3] unit vectors, sectors [3, 2],
-    captions / plain_captions (3 strings each), caption_ids / plain_ids [3] (equal ids = same text)."""
+    captions / plain_captions (3 strings each: caption k of every variant; k = 0
+    outside training, drawn per item and epoch from item_rng in training)."""
 
     def __init__(self, root, split, frontend_cfg, spec_augment=None, seed=0, with_single=False,
-                 cache_dir=None):
-        rows = read_manifest(root)
-        path = os.path.join(root, MANIFEST)
-        self.items = list(group_triplets(rows, split, path).values())
+                 cache_dir=None, layout="manifest", long_clips="join", resample=True, log=print):
+        items, singles = read_split(root, layout, split)
+        self.items, self.root, self.layout = items, root, layout
         self.split, self.seed, self.epoch = split, seed, 0
         self.spec_augment = spec_augment if split == "train" else None
+        self.long_clips = long_clips
         flat = [it[v] for it in self.items for v in VARIANTS]
         self.rows = flat                                      # item-major: 3 rows an item
         self.cache_dir = cache_dir or root
-        self.feats = cached_features(root, flat, frontend_cfg, split, self.cache_dir)
+        fe, self.audio_extra = audio_settings(root, flat, frontend_cfg, long_clips, resample, split, log)
+        self.frontend_cfg = fe
+        self.sample_rate, self.clip_seconds = fe["sample_rate"], fe["clip_seconds"]
+        self.feats = cached_features(root, flat, fe, split, self.cache_dir, read=self.read_clip,
+                                     extra=self.audio_extra)
         self.doa = np.stack([_doa_target(r) for r in flat]).reshape(len(self.items), 3, 2, 3)
         self.sectors = np.array([[sector_of(r["event1_azimuth"]), sector_of(r["event2_azimuth"])]
                                  for r in flat]).reshape(len(self.items), 3, 2)
-        self.singles = [r for r in rows if r["split"] == split and r["variant"] == "single"]
+        self.singles = singles
         self.single_feats = None
         if with_single and self.singles:
-            self.single_feats = cached_features(root, self.singles, frontend_cfg, split + "_single",
-                                                self.cache_dir)
+            s_fe, s_extra = audio_settings(root, singles, frontend_cfg, long_clips, resample,
+                                           split + " single", log)
+            self.single_feats = cached_features(root, self.singles, s_fe, split + "_single",
+                                                self.cache_dir, read=self.read_clip, extra=s_extra)
             self.single_doa = np.stack([_doa_target(r, 1)[0] for r in self.singles])
             self.single_sector = np.array([sector_of(r["event1_azimuth"]) for r in self.singles])
-        self.root = root
+
+    def read_clip(self, row):
+        """The FOA samples the front end sees for this row: [4, n] (or longer, stride)."""
+        return read_foa(os.path.join(self.root, row["file_name"]), self.sample_rate, self.clip_seconds,
+                        self.long_clips, row.get("join_s"))
+
+    def num_captions(self, i):
+        """Captions of item i that every variant has (the triplet uses caption k of each)."""
+        return min(len(self.items[i][v]["captions"]) for v in VARIANTS)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -209,14 +199,20 @@ class STClothoDataset(Dataset):
 
     def __getitem__(self, i):
         feats = torch.from_numpy(np.array(self.feats[3 * i:3 * i + 3], dtype=np.float32))
+        rng = item_rng(self.seed, self.epoch, i)
+        n_cap = self.num_captions(i)
+        # training: one caption an item an epoch, the same index k for all three
+        # variants; drawn only when there is a choice, so single-caption data keep
+        # their augmentation stream as it was
+        k = int(rng.integers(n_cap)) if self.split == "train" and n_cap > 1 else 0
         if self.spec_augment:
-            rng = item_rng(self.seed, self.epoch, i)
             feats = torch.stack([self._augment(f, rng) for f in feats])
         it = self.items[i]
         return {"feats": feats, "doa": torch.from_numpy(self.doa[i]),
                 "sectors": torch.from_numpy(self.sectors[i]),
-                "captions": [it[v]["caption"] for v in VARIANTS],
-                "plain_captions": [it[v]["plain_caption"] for v in VARIANTS],
+                "captions": [it[v]["captions"][k] for v in VARIANTS],
+                "plain_captions": [it[v]["plain_captions"][k % len(it[v]["plain_captions"])]
+                                   for v in VARIANTS],
                 "index": i}
 
 

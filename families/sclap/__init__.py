@@ -3,8 +3,12 @@
     python train_stage1.py --family sclap --preset quick
     python eval.py --checkpoint logs/<name>/checkpoints/latest.pt --out DIR
 
-Data: generated stClotho-style triplets (data/sclap/generate.py) or a real
-dataset in the same format (data.generate false, data.root = its folder).
+Data: generated stClotho-style triplets (data/sclap/generate.py), or your
+own folder with ``--data.root DIR --data.generate false``: its layout (the
+project's manifest, or T-SALM's stClotho folders) is found by looking and
+named in the log (``--data.format NAME`` forces one; data/sclap/layouts.py).
+Nothing is ever written into a user's folder: the features and baselines
+derived from it are cached under ``data.cache_dir`` (default data_cache/).
 The pieces live in data/sclap/ (generator, dataset, collate), models/sclap/
 (front end, encoders, classical DOA), losses/sclap_loss.py and
 families/sclap/evaluation.py; this module only wires them to the loop.
@@ -13,9 +17,11 @@ import hashlib
 import json
 import os
 
-from data.cache import UserDataError, check_user_folder, ensure_generated, resolve_root
+from data.cache import UserDataError, check_user_folder, derived_dir, ensure_generated, resolve_root
+from data.sclap.audio_io import LONG_CLIPS
 from data.sclap.dataset import STClothoDataset, collate
 from data.sclap.generate import MANIFEST, generate
+from data.sclap.layouts import LAYOUTS, detect
 from families.sclap.evaluation import evaluate_sclap
 from losses.sclap_loss import SCLAPLoss
 from models.sclap.model import build_sclap
@@ -42,7 +48,7 @@ def data_dir(cfg):
         return resolve_root(d["root"])
     if not d["generate"]:
         raise UserDataError("data.generate is false but data.root is not set: give the folder "
-                            f"holding {MANIFEST}")
+                            f"holding your data ({MANIFEST}, or T-SALM's stClotho folders)")
     digest = hashlib.md5(json.dumps(gen_params(cfg), sort_keys=True).encode()).hexdigest()[:8]
     return os.path.join(REPO_ROOT, "data_cache", "sclap",
                         f"synth_{d['num_train']}_{d['num_val']}_{d['num_test']}_{digest}")
@@ -50,23 +56,39 @@ def data_dir(cfg):
 
 def cache_dir(cfg):
     """Where the front-end features and the classical-DOA baseline are cached:
-    inside generated data (our folder), beside the repository's data_cache for
-    a user's folder (which we never write into)."""
+    inside generated data (our folder); for a user's folder, which we never
+    write into, under data.cache_dir (default data_cache/ in the current
+    directory), keyed by the folder's path."""
+    return derived_dir(data_dir(cfg), "sclap", cfg["data"]["generate"], cfg["data"]["cache_dir"])
+
+
+def layout_of(cfg, log=None):
+    """The layout name of the data folder (generated data: the manifest)."""
+    d = cfg["data"]
+    if d["long_clips"] not in LONG_CLIPS:
+        raise UserDataError(f"data.long_clips must be one of {', '.join(LONG_CLIPS)}, got "
+                            f"{d['long_clips']!r}")
+    if d["generate"]:
+        if d["format"] not in ("auto", "manifest", None):
+            raise UserDataError(f"--data.format {d['format']}: the generator writes the manifest "
+                                f"layout; pass --data.generate false to read a {d['format']} folder")
+        return "manifest"
     root = data_dir(cfg)
-    if cfg["data"]["generate"]:
-        return root
-    return os.path.join(REPO_ROOT, "data_cache", "sclap", "derived",
-                        hashlib.md5(root.encode()).hexdigest()[:10])
+    lay = detect(root, d["format"])
+    if log:
+        how = "forced by --data.format" if d["format"] not in ("auto", None) else \
+            f"detected; --data.format {' | '.join(x.name for x in LAYOUTS)} forces one"
+        log(f"sclap: data.root {root}: {lay.name} layout ({how}): {lay.description}")
+    return lay.name
 
 
 def prepare_data(cfg):
     root = data_dir(cfg)
     if not cfg["data"]["generate"]:
         check_user_folder(root, "sCLAP data")
-        if not os.path.exists(os.path.join(root, MANIFEST)):
-            raise UserDataError(f"{os.path.join(root, MANIFEST)}: manifest not found and "
-                                f"data.generate is false")
+        layout_of(cfg, log=print)
         return
+    layout_of(cfg)
     params = gen_params(cfg)
 
     def build(tmp):
@@ -85,9 +107,10 @@ def build_datasets(cfg):
     aug = None
     if d["spec_augment"]:
         aug = {k: d[k] for k in ("time_masks", "time_width", "freq_masks", "freq_width")}
-    fe = frontend_cfg(cfg)
+    fe, layout, cache = frontend_cfg(cfg), layout_of(cfg), cache_dir(cfg)
     return {split: STClothoDataset(root, split, fe, spec_augment=aug, seed=cfg["seed"],
-                                   with_single=split == "test", cache_dir=cache_dir(cfg))
+                                   with_single=split == "test", cache_dir=cache, layout=layout,
+                                   long_clips=d["long_clips"], resample=d["resample"])
             for split in ("train", "val", "test")}
 
 
