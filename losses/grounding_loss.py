@@ -16,10 +16,27 @@ per-rank losses is the single-process loss on the global batch.
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from losses.distributed import all_gather_no_grad, all_gather_with_grad, scale_grad
+
+
+def _pad_to_ranks(x):
+    """x [n, ...] padded in dims 1.. to the largest shape on any rank."""
+    if x.dim() < 2:
+        return x
+    shape = torch.tensor(x.shape[1:], device=x.device)
+    dist.all_reduce(shape, op=dist.ReduceOp.MAX)
+    pad = []
+    for have, want in zip(reversed(x.shape[1:]), reversed(shape.tolist())):
+        pad += [0, want - have]
+    if not any(pad):
+        return x
+    if x.dtype == torch.bool:
+        return F.pad(x.to(torch.uint8), pad).bool()
+    return F.pad(x, pad)
 
 
 def soft_cross_entropy(logits, positives):
@@ -81,10 +98,14 @@ class GroundingLoss(nn.Module):
     def _scale(p):
         return p.exp().clamp(max=100.0)
 
-    def _gather(self, x):
-        """[n, ...] -> [world_size * n, ...] in rank order; masks and ids carry no gradient."""
+    def _gather(self, x, pad=False):
+        """[n, ...] -> [world_size * n, ...] in rank order; masks and ids carry no gradient.
+        pad: dims 1.. (boxes, phrases: padded per batch) differ across ranks; pad them to
+        the largest first (zeros / False: invalid slots), as all_gather needs one shape."""
         if self.world_size == 1:
             return x
+        if pad:
+            x = _pad_to_ranks(x)
         if not x.is_floating_point():
             return all_gather_no_grad(x, self.rank, self.world_size)
         if self.gather_with_grad:
@@ -169,9 +190,10 @@ class GroundingLoss(nn.Module):
             masked = g(n(features["masked_image_features"]))
         wc, wf = loss_weights(self.weights, self.schedule, epoch, self.epochs)
         l_coarse = self.coarse(img, txt, ids, rows, masked)
-        l_fine = self.fine(g(n(features["entity_features"])), g(features["entity_valid"]),
-                           g(n(features["object_features"])), g(features["object_valid"]),
-                           g(batch["entity_target"].to(img.device)), rows)
+        gp = lambda x: self._gather(x, pad=True)
+        l_fine = self.fine(gp(n(features["entity_features"])), gp(features["entity_valid"]),
+                           gp(n(features["object_features"])), gp(features["object_valid"]),
+                           gp(batch["entity_target"].to(img.device)), rows)
         loss = wc * l_coarse + wf * l_fine
         logs = {"loss_coarse": l_coarse.detach(), "loss_fine": l_fine.detach(), "w_coarse": wc, "w_fine": wf,
                 "scale_coarse": self._scale(self.logit_scale).detach(),
@@ -181,4 +203,7 @@ class GroundingLoss(nn.Module):
             loss = loss + self.weights["hard_negative"] * l_hard
             logs["loss_hard"] = l_hard.detach()
         logs["loss"] = loss.detach()
+        if "entity_valid" in batch:  # phrases the text encoder's max_length cut away (this rank)
+            logs["entities_truncated"] = (batch["entity_valid"].to(img.device)
+                                          & ~features["entity_valid"]).sum().float()
         return loss, logs

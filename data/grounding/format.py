@@ -11,6 +11,14 @@ Layout under a dataset root (the real dataset's, so real data loads as is):
     train.txt / val.txt / test.txt     image ids of each split, one a line
 
 Chain 0 is "not visual" in Flickr30k Entities: it never has a box.
+
+Boxes: the XML is 1-based (VOC); ``read_annotation`` subtracts 1 from all four
+coordinates, as the official parser (``flickr30k_entities_utils.get_annotations``)
+does, and the result is used as a continuous ``[x0, y0, x1, y1)`` pixel box.
+A box that is empty after that (xmin == xmax or ymin == ymax: real files have
+them) is skipped and counted in ``Annotation.skipped``; the rest of the file
+is read. ``write_annotation`` takes 0-based boxes and writes them + 1, so the
+generator's files read back as the boxes it drew.
 """
 import os
 import re
@@ -43,6 +51,7 @@ class Annotation:
     box_chains: list                # chain ids of each box (a box can serve several chains)
     scene_chains: set = field(default_factory=set)
     nobox_chains: set = field(default_factory=set)
+    skipped: list = field(default_factory=list)   # [(object index, 1-based box)] empty after -1
 
     def chain_boxes(self, chain):
         return [i for i, cs in enumerate(self.box_chains) if chain in cs]
@@ -135,14 +144,15 @@ def read_annotation(path):
             continue
         xyxy = [_int_field(box, t, f"{path} object {k}") for t in ("xmin", "ymin", "xmax", "ymax")]
         if not (xyxy[0] < xyxy[2] and xyxy[1] < xyxy[3]):
-            raise ValueError(f"{path}: object {k} <bndbox> {xyxy} is empty; expected xmin < xmax, ymin < ymax")
-        ann.boxes.append(xyxy)
+            ann.skipped.append((k, xyxy))  # no area: nothing to pool, no IoU; its chain may have others
+            continue
+        ann.boxes.append([v - 1 for v in xyxy])  # 1-based -> 0-based, as the official parser
         ann.box_chains.append(chains)
     return ann
 
 
 def write_annotation(path, filename, width, height, objects, scene_chains=()):
-    """objects: [(chain, [xmin, ymin, xmax, ymax]), ...]."""
+    """objects: [(chain, [x0, y0, x1, y1]), ...], 0-based; written 1-based (+1) as the real XML."""
     root = ET.Element("annotation")
     ET.SubElement(root, "filename").text = filename
     size = ET.SubElement(root, "size")
@@ -153,7 +163,7 @@ def write_annotation(path, filename, width, height, objects, scene_chains=()):
         ET.SubElement(obj, "name").text = str(chain)
         bb = ET.SubElement(obj, "bndbox")
         for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), box):
-            ET.SubElement(bb, tag).text = str(int(round(v)))
+            ET.SubElement(bb, tag).text = str(int(round(v)) + 1)
     for chain in scene_chains:
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "name").text = str(chain)

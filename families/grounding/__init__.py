@@ -2,10 +2,13 @@
 
 Entity spans <-> object boxes on scenes in the Flickr30k Entities format
 (generated, or the real dataset via data.generate false and data.root).
+A user's folder is only read: with data.generate false nothing is written
+into data.root (grounding derives no cache from the data).
 """
 import os
 
-from data.cache import check_user_folder, ensure_generated, resolve_root
+from data.cache import UserDataError, check_user_folder, ensure_generated, resolve_root
+from data.layout import Layout, detect_layout, exists
 from data.grounding.dataset import GroundingDataset, collate  # noqa: F401  (contract)
 from data.grounding.generate import generate
 from families.grounding.evaluation import evaluate  # noqa: F401  (contract)
@@ -14,6 +17,23 @@ from models.grounding.model import GroundingModel
 
 # every argument of data.grounding.generate.generate, in its order: the cache marker records them all
 GEN_KEYS = ("num_train", "num_val", "num_test", "gen_image_size", "captions_per_image", "gen_seed")
+# the on-disk format the generator writes, in the marker too: data generated before the
+# XML boxes became 1-based (as the real files) are rebuilt, not misread by one pixel
+GEN_FORMAT = {"xml_boxes": "1-based"}
+
+
+def _all(*probes):
+    return lambda root: all(p(root) for p in probes)
+
+
+# the documented layouts this loader reads (data/layout.py); the generator writes the first
+LAYOUTS = [
+    Layout("flickr30k_entities",
+           _all(exists("Sentences"), exists("Annotations"), exists("flickr30k-images")),
+           "Sentences/<id>.txt, Annotations/<id>.xml (BryanPlummer/flickr30k_entities, "
+           "annotations.zip unpacked), flickr30k-images/<id>.jpg (the Flickr30k images) and "
+           "train.txt/val.txt/test.txt"),
+]
 
 
 def data_root(cfg):
@@ -29,28 +49,36 @@ def data_root(cfg):
 def prepare_data(cfg):
     d, root = cfg["data"], data_root(cfg)
     if not d["generate"]:
+        if not d["root"]:
+            raise UserDataError("data.generate false reads your data: pass --data.root DIR "
+                                "(a Flickr30k Entities folder)")
         check_user_folder(root, "Flickr30k Entities")
-        for sub in ("flickr30k-images", "Sentences", "Annotations"):
-            if not os.path.isdir(os.path.join(root, sub)):
-                raise FileNotFoundError(f"{os.path.join(root, sub)}: missing (data.root must hold the "
-                                        "Flickr30k Entities layout, or set data.generate true)")
+        lay = detect_layout(root, LAYOUTS, d["format"], "grounding")
+        how = "forced by --data.format" if d["format"] not in (None, "", "auto") else "detected"
+        print(f"grounding: data.root {root}: layout {lay.name} ({how}); read only, nothing is "
+              f"written there")
         return
 
     def build(tmp):
         secs = generate(tmp, *(d[k] for k in GEN_KEYS))
         print(f"grounding: generated data in {root} in {secs:.1f} s")
 
-    ensure_generated(root, {k: d[k] for k in GEN_KEYS}, build, "grounding scenes")
+    ensure_generated(root, {**{k: d[k] for k in GEN_KEYS}, **GEN_FORMAT}, build, "grounding scenes")
 
 
 def build_datasets(cfg):
     d, m = cfg["data"], cfg["model"]
     common = dict(image_size=d["image_size"], patch_size=m["patch_size"], max_objects=d["max_objects"],
                   max_entities=d["max_entities"], crop_scale_min=d["crop_scale_min"], hflip=d["hflip"],
+                  color_jitter=d["color_jitter"], randaugment=d["randaugment"],
+                  randaugment_magnitude=d["randaugment_magnitude"],
                   mask_strategy=d["mask_strategy"], mask_ratio=d["mask_ratio"], seed=cfg["seed"])
     root = data_root(cfg)
-    return {split: GroundingDataset(root, split, train=split == "train", **common)
-            for split in ("train", "val", "test")}
+    out = {split: GroundingDataset(root, split, train=split == "train", **common)
+           for split in ("train", "val", "test")}
+    for ds in out.values():
+        print(ds.describe())
+    return out
 
 
 def build_model(cfg):

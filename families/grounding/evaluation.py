@@ -12,7 +12,6 @@ prediction; it is correct if its IoU with a gold box of the phrase's chain is
 expected accuracy of picking a candidate uniformly at random.
 """
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.patches import Rectangle
@@ -84,6 +83,7 @@ def entity_heatmaps(model, dataset, patches, cfg, device, n, max_entities=3):
         item = dataset.get(r, 0)
         cap = dataset.records[r]["captions"][0]
         ann = dataset.records[r]["ann"]
+        boxes = image_boxes(dataset, r)                                     # [n, 4] in S x S
         img = ((item["image"].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
         axes[r, 0].imshow(img)
         axes[r, 0].set_title(cap.text[:40], fontsize=6)
@@ -98,12 +98,12 @@ def entity_heatmaps(model, dataset, patches, cfg, device, n, max_entities=3):
         for e in range(max_entities):
             ax = axes[r, e + 1]
             ax.axis("off")
-            if e >= len(phrases) or not valid[0, e]:
+            if e >= min(len(phrases), valid.shape[1]) or not valid[0, e]:
                 continue
             ax.imshow(img)
             ax.imshow(heat[e], cmap="jet", alpha=0.5, extent=(0, dataset.S, dataset.S, 0))
             for b in ann.chain_boxes(phrases[e].chain):
-                x0, y0, x1, y1 = (np.array(ann.boxes[b]) * dataset.S / ann.width).tolist()
+                x0, y0, x1, y1 = boxes[b].tolist()  # x and y scale apart: photographs are not square
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="white", lw=1.5))
             ax.set_title(phrases[e].text[:30], fontsize=6)
         axes[r, 0].axis("off")
