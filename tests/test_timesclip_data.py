@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from data.cache import MARKER, UserDataError
-from data.timesclip.dataset import FieldTable, YieldDataset, load_fields, value_columns
+from data.timesclip.dataset import FieldTable, YieldDataset
+from data.timesclip.formats import load_fields, value_columns
 from data.timesclip.generate import BANDS, generate
 from families import timesclip as fam
 from training.config import load_config
@@ -24,7 +25,7 @@ def fields(tmp_path_factory):
 
 
 def test_generated_file_loads_with_gaps_filled(fields):
-    d = load_fields(fields)
+    d = load_fields(fields, BANDS)
     n = 2 * 3 * 40
     assert d["series"].shape == (n, 36, 7)
     assert np.isfinite(d["series"]).all()
@@ -38,23 +39,23 @@ def test_generated_file_loads_with_gaps_filled(fields):
 
 
 def test_yield_follows_the_canopy(fields):
-    d = load_fields(fields)
+    d = load_fields(fields, BANDS)
     integrated = d["series"][..., BANDS.index("NDVI")].sum(1)
     assert np.corrcoef(integrated, d["yield"])[0, 1] > 0.4
 
 
 def test_split_by_year_and_train_statistics(fields):
-    t = FieldTable(fields, [2018], [2019], [2020])
+    t = FieldTable(load_fields(fields, BANDS), [2018], [2019], [2020])
     years = t.d["year"]
     assert set(years[t.splits["train"]]) == {2018} and set(years[t.splits["test"]]) == {2020}
     z = t.norm_series("train")
     assert np.allclose(z.mean((0, 1)), 0, atol=1e-4) and np.allclose(z.std((0, 1)), 1, atol=1e-3)
     with pytest.raises(ValueError, match="no rows for test years"):
-        FieldTable(fields, [2018], [2019], [2031])
+        FieldTable(load_fields(fields, BANDS), [2018], [2019], [2031])
 
 
 def test_yield_dataset_augmentation_is_per_item_deterministic(fields):
-    t = FieldTable(fields, [2018], [2019], [2020])
+    t = FieldTable(load_fields(fields, BANDS), [2018], [2019], [2020])
     aug = {"enabled": True, "noise": 0.1, "time_warp": 0.1, "mask": 0.2, "mixup": 0.5,
            "variate_dropout": 0.2}
     ds = YieldDataset(t, "train", aug, seed=3)
@@ -77,31 +78,32 @@ def _write(path, header, rows):
 
 def _row(**over):
     r = {"field_id": "f0", "region": "r", "year": "2020", "yield_t_ha": "3.1"}
-    r.update({c: "0.2" for c in value_columns()})
+    r.update({c: "0.2" for c in value_columns(BANDS)})
     r.update(over)
     return r
 
 
 def test_bad_files_raise_clear_errors(tmp_path):
-    header = ["field_id", "region", "year", "yield_t_ha"] + value_columns()
+    header = ["field_id", "region", "year", "yield_t_ha"] + value_columns(BANDS)
     with pytest.raises(FileNotFoundError, match="nope.csv"):
-        load_fields(str(tmp_path / "nope.csv"))
+        load_fields(str(tmp_path / "nope.csv"), BANDS)
     p = tmp_path / "missing.csv"
     _write(p, header[:-1], [[_row()[c] for c in header[:-1]]])
-    with pytest.raises(ValueError, match=r"missing.csv: missing column\(s\) \['red_35'\]"):
-        load_fields(str(p))
+    with pytest.raises(ValueError, match=r"missing.csv: band 'red' has 35 step columns \(red_00..red_34\); "
+                                         r"expected 36: red_00..red_35"):
+        load_fields(str(p), BANDS)
     p = tmp_path / "text.csv"
     _write(p, header, [[_row(NDVI_07="cloudy")[c] for c in header]])
     with pytest.raises(ValueError, match=r"text.csv, line 2, field 'NDVI_07': expected a number"):
-        load_fields(str(p))
+        load_fields(str(p), BANDS)
     p = tmp_path / "year.csv"
     _write(p, header, [[_row(year="20x0")[c] for c in header]])
     with pytest.raises(ValueError, match=r"line 2, field 'year': expected an integer"):
-        load_fields(str(p))
+        load_fields(str(p), BANDS)
     p = tmp_path / "empty_band.csv"
     _write(p, header, [[_row(**{f"SWIR1_{t:02d}": "" for t in range(36)})[c] for c in header]])
     with pytest.raises(ValueError, match=r"field 'SWIR1_\*': no observed value"):
-        load_fields(str(p))
+        load_fields(str(p), BANDS)
 
 
 def _gen_cfg(root, **over):
@@ -140,7 +142,8 @@ def test_a_users_folder_is_never_written(tmp_path):
     cfg = _gen_cfg(tmp_path / "empty")
     cfg["data"]["generate"] = False
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserDataError, match="empty/fields.csv: not found"):
+    with pytest.raises(UserDataError, match=r"empty: matches none of the TimesCLIP layouts(.|\n)*"
+                                            r"fields: fields.csv(.|\n)*per_year: extract\{YEAR\}_\*.csv"):
         fam.prepare_data(cfg)
     with pytest.raises(FileExistsError, match="already exists"):
         generate(str(user))

@@ -11,7 +11,8 @@ import torch
 
 import eval as eval_script
 import train_stage1
-from data.timesclip.dataset import FieldTable, YieldDataset, value_columns
+from data.timesclip.dataset import FieldTable, YieldDataset
+from data.timesclip.formats import value_columns
 from data.timesclip.generate import BANDS
 from families import timesclip as fam
 from families.timesclip.evaluation import yield_metrics
@@ -47,7 +48,7 @@ def _write_fields(root):
     os.makedirs(root)
     with open(os.path.join(root, "fields.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["field_id", "region", "year", "yield_t_ha"] + value_columns())
+        w.writerow(["field_id", "region", "year", "yield_t_ha"] + value_columns(BANDS))
         w.writerows(rows)
     return np.asarray(series, np.float64), np.asarray(years), np.asarray(yields)
 

@@ -1,134 +1,43 @@
-"""TimesCLIP file format, its loader and the two datasets (stage 1 completion,
-stage 2 yield).
+"""TimesCLIP datasets: a table of field-seasons split by year (``FieldTable``)
+and the two stages' datasets over it (stage 1 completion, stage 2 yield).
 
-File format (``<data.root>/fields.csv``, UTF-8 CSV with a header; one row per
-field-season; the generator writes it and users' own series use the same):
-
-    field_id,region,year,yield_t_ha,NIR_00,...,NIR_35,RVI_00,...,red_35
-
-- ``field_id`` any string, ``region`` any string, ``year`` an integer (the
-  split is by year), ``yield_t_ha`` a float in t/ha (may be empty when only
-  stage 1 is trained);
-- 7 variates x 36 ten-day composites, band-major, in the order
-  NIR, RVI, SWIR1, blue, EVI, NDVI, red; an empty cell is a gap (cloud) and is
-  filled by linear interpolation in time; a band with no observation in a row
-  is an error.
+The table comes from ``data.root`` in any layout of data/timesclip/formats.py
+(the project's ``fields.csv``, generated or a user's, or the crop-yield port's
+per-year ``extract{YEAR}_*.csv``), the bands ``data.bands`` chosen by name;
+the split is by year (``data.train_years`` / ``val_years`` / ``test_years``)
+whatever the layout.
 """
-import csv
 import hashlib
-import os
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.cache import resolve_root
-from data.timesclip.generate import BANDS, FIELDS, N_STEPS
+from data.timesclip.formats import find_layout, load
 from training.data import item_rng
-
-META = ("field_id", "region", "year", "yield_t_ha")
-
-
-def value_columns(n_steps=N_STEPS):
-    return [f"{b}_{t:02d}" for b in BANDS for t in range(n_steps)]
-
-
-def load_fields(path, n_steps=N_STEPS):
-    """Read a fields CSV. Returns dict with ``series`` [N, T, V] float32 (gaps
-    filled), ``observed`` [N, T, V] bool, ``yield`` [N] float32 (NaN if
-    empty), ``year`` [N] int64, ``region`` and ``field_id`` lists."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: fields file not found (expected the TimesCLIP CSV, "
-                                f"see data/timesclip/dataset.py)")
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty file, expected a header row {','.join(META)},...")
-        want = list(META) + value_columns(n_steps)
-        missing = [c for c in want if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing[:5]}{'...' if len(missing) > 5 else ''}; "
-                             f"expected {','.join(META)} then <band>_<step> for bands {BANDS} "
-                             f"and steps 00..{n_steps - 1:02d}")
-        col = {c: i for i, c in enumerate(header)}
-        vidx = [col[c] for c in value_columns(n_steps)]
-        ids, regions, years, ylds, vals = [], [], [], [], []
-        for line, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise ValueError(f"{path}, line {line}: {len(row)} fields, expected {len(header)}")
-            try:
-                years.append(int(row[col["year"]]))
-            except ValueError:
-                raise ValueError(f"{path}, line {line}, field 'year': expected an integer, "
-                                 f"got {row[col['year']]!r}") from None
-            ylds.append(_float(row[col["yield_t_ha"]], path, line, "yield_t_ha"))
-            vals.append([_float(row[i], path, line, header[i]) for i in vidx])
-            ids.append(row[col["field_id"]])
-            regions.append(row[col["region"]])
-    if not vals:
-        raise ValueError(f"{path}: no data rows")
-    raw = np.asarray(vals, np.float64).reshape(len(vals), len(BANDS), n_steps).transpose(0, 2, 1)
-    observed = ~np.isnan(raw)
-    empty = np.argwhere(~observed.any(1))
-    if len(empty):
-        i, v = empty[0]
-        raise ValueError(f"{path}, line {i + 2}, field '{BANDS[v]}_*': no observed value in the "
-                         f"whole season; expected at least one")
-    return {"series": fill_gaps(raw).astype(np.float32), "observed": observed,
-            "yield": np.asarray(ylds, np.float32), "year": np.asarray(years, np.int64),
-            "region": regions, "field_id": ids}
-
-
-def _float(text, path, line, field):
-    if text.strip() == "":
-        return np.nan
-    try:
-        v = float(text)
-    except ValueError:
-        raise ValueError(f"{path}, line {line}, field {field!r}: expected a number or empty, "
-                         f"got {text!r}") from None
-    if not np.isfinite(v):
-        raise ValueError(f"{path}, line {line}, field {field!r}: expected a finite number, got {text!r}")
-    return v
-
-
-def fill_gaps(raw):
-    """Linear interpolation in time of NaN gaps, [N, T, V]; edges hold the
-    nearest observation (as a compositing pipeline would)."""
-    out = raw.copy()
-    t = np.arange(raw.shape[1])
-    for i, v in zip(*np.where(np.isnan(raw).any(1))):
-        s = raw[i, :, v]
-        ok = ~np.isnan(s)
-        out[i, :, v] = np.interp(t, t[ok], s[ok])
-    return out
-
-
-def fields_path(data_cfg):
-    """``<data.root>/fields.csv``, the root resolved against the current
-    directory (generated there, or a user's with ``data.generate false``)."""
-    return os.path.join(resolve_root(data_cfg["root"]), FIELDS)
 
 
 class FieldTable:
-    """All rows of one fields file, split by year, with normalisation
-    statistics from the training years only."""
+    """All field-seasons of a data folder, split by year, with normalisation
+    statistics from the training years only. ``d``: the loaded table
+    (data/timesclip/formats.load); ``source``: where it came from."""
 
     @classmethod
     def from_config(cls, data_cfg):
         d = data_cfg
-        return cls(fields_path(d), d["train_years"], d["val_years"], d["test_years"])
+        root, layout = find_layout(d)
+        return cls(load(root, layout, d["bands"]), d["train_years"], d["val_years"],
+                   d["test_years"], f"{root} ({layout.name} layout)")
 
-    def __init__(self, path, train_years, val_years, test_years):
-        self.path = path
-        d = load_fields(path)
+    def __init__(self, d, train_years, val_years, test_years, source="table"):
+        self.path = self.source = source
         self.d = d
+        self.bands = d["bands"]
         self.splits = {}
         for name, years in (("train", train_years), ("val", val_years), ("test", test_years)):
             idx = np.where(np.isin(d["year"], list(years)))[0]
             if len(idx) == 0:
-                raise ValueError(f"{path}: no rows for {name} years {list(years)}; "
+                raise ValueError(f"{source}: no rows for {name} years {list(years)}; "
                                  f"years present: {sorted(set(d['year'].tolist()))}")
             self.splits[name] = idx
         tr = d["series"][self.splits["train"]]
@@ -171,7 +80,9 @@ class YieldDataset(Dataset):
         self.x = torch.from_numpy(table.norm_series(split))            # [N, 36, V]
         y = table.d["yield"][table.splits[split]]
         if not np.isfinite(y).all():
-            raise ValueError(f"{table.path}: empty 'yield_t_ha' in {split} rows; stage 2 needs yields")
+            bad = table.splits[split][~np.isfinite(y)]
+            raise ValueError(f"{table.d['where'][bad[0]]}: empty yield ({len(bad)} of the {split} "
+                             f"rows); stage 2 needs a yield in every row")
         self.y_raw = torch.from_numpy(y)
         self.y = (self.y_raw - table.y_mean) / table.y_std
         self.aug, self.seed, self.epoch = aug or {}, seed, 0

@@ -1,5 +1,5 @@
 """Synthetic crop field-seasons driven by crop physics, written in the
-TimesCLIP file format (see ``data/timesclip/dataset.py`` for the format).
+TimesCLIP file format (the ``fields`` layout of ``data/timesclip/formats.py``).
 
 Per field-season, a daily simulation (vectorised over fields):
 - weather: seasonal temperature and radiation with a (region, year) anomaly
@@ -30,12 +30,11 @@ import os
 import numpy as np
 
 from data.cache import ensure_generated
+from data.timesclip.formats import FIELDS, N_STEPS
 from training.io import atomic_write
 
-BANDS = ("NIR", "RVI", "SWIR1", "blue", "EVI", "NDVI", "red")
-N_STEPS = 36        # ten-day composites per season
+BANDS = ("NIR", "RVI", "SWIR1", "blue", "EVI", "NDVI", "red")   # the default data.bands
 DAYS = N_STEPS * 10
-FIELDS = "fields.csv"
 
 
 def _region_climates(n_regions, rng):

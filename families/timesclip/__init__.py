@@ -5,16 +5,19 @@ composites -> the next ``pred_len`` (MSE + lambda * alignment).
 Stage 2 (``train_stage2.py --family timesclip --init CKPT``): the whole season
 -> yield, reusing the stage-1 encoder (families/timesclip/stage2.py).
 
-Data: ``<data.root>/fields.csv`` (format: data/timesclip/dataset.py), generated
-there (data/timesclip/generate.py) or, with ``data.generate false``, a file
-of the user's. The pieces live in data/timesclip/, models/timesclip/,
+Data: ``data.root`` holds ``fields.csv`` generated there
+(data/timesclip/generate.py) or, with ``data.generate false``, a user's
+folder in either layout of data/timesclip/formats.py (the project's
+``fields.csv``, or the crop-yield port's ``extract{YEAR}_*.csv``), found by
+looking (``data.format`` forces one) and never written to. Nothing derived
+from the data is cached on disk (the frozen chart cache is in memory). The
+pieces live in data/timesclip/, models/timesclip/,
 losses/timesclip_loss.py and families/timesclip/evaluation.py; this module
 only wires them to the loop.
 """
-import os
-
-from data.cache import UserDataError, check_user_folder
-from data.timesclip.dataset import CompletionDataset, FieldTable, collate, fields_path  # noqa: F401
+from data.cache import check_user_folder
+from data.timesclip.dataset import CompletionDataset, FieldTable, collate  # noqa: F401
+from data.timesclip.formats import describe, find_layout
 from data.timesclip.generate import ensure_fields
 from families.timesclip.evaluation import completion_metrics
 from families.timesclip.stage2 import build_stage2  # noqa: F401
@@ -25,12 +28,14 @@ from models.timesclip.model import build_timesclip
 def prepare_data(cfg):
     d = cfg["data"]
     if d["generate"]:
+        find_layout(d)   # checks data.format and data.bands before anything is written
         ensure_fields(d["root"], d["n_regions"], d["years"], d["fields_per_region_year"], d["gen_seed"])
         return
-    check_user_folder(d["root"], "TimesCLIP fields")
-    if not os.path.isfile(fields_path(d)):
-        raise UserDataError(f"{fields_path(d)}: not found (data.generate is false: data.root must "
-                            f"hold the TimesCLIP fields CSV, format in data/timesclip/dataset.py)")
+    check_user_folder(d["root"], "TimesCLIP data")
+    root, layout = find_layout(d)
+    how = "forced by --data.format" if d["format"] not in ("", "auto") else "detected"
+    print(f"TimesCLIP data: {root}: {layout.name} layout ({how}): {describe(root, layout)}; "
+          f"bands {', '.join(d['bands'])}", flush=True)
 
 
 def build_datasets(cfg):

@@ -1,7 +1,7 @@
 """TimesCLIP metrics and figures.
 
 Stage 1 (completion, on a split): ``completion_rmse`` and ``completion_mae``
-in standardised units (each variate divided by its training std, so the seven
+in standardised units (each variate divided by its training std, so the
 bands weigh alike), ``completion_rmse_pct_range``: per-variate RMSE in the
 band's own units as a % of that band's range over the split's targets,
 averaged over variates (the seed's "RMSE / data range"); the same RMSE of
@@ -11,7 +11,7 @@ exist, retrieval between the chart and token embeddings (``v2l_`` / ``l2v_``).
 Stage 2 (yield on a split, t/ha): ``yield_rmse``, ``yield_mae``, ``yield_r2``
 and the honest baselines fitted on the training years only: the training mean
 (``yield_r2_mean``), ridge regression on peak and integrated NDVI
-(``yield_r2_ridge``) and ridge on the whole standardised series
+(``yield_r2_ridge``, when NDVI is among ``data.bands``) and ridge on the whole standardised series
 (``yield_r2_ridge_full``, alpha chosen on the validation years).
 """
 
@@ -21,11 +21,16 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from data.timesclip.dataset import collate
-from data.timesclip.generate import BANDS
 from training.evaluation import encode_split, retrieval
 from training.logger import emit_figure
 
-NDVI = BANDS.index("NDVI")
+
+def ndvi_index(bands):
+    """The NDVI variate's index in ``data.bands`` (any case), or None when
+    NDVI was not chosen (its metric, figure line and ridge baseline then fall
+    back or are left out)."""
+    lower = [b.lower() for b in bands]
+    return lower.index("ndvi") if "ndvi" in lower else None
 
 
 def completion_metrics(model, dataset, cfg, device, out_dir=None, writer=None, step=0):
@@ -39,8 +44,10 @@ def completion_metrics(model, dataset, cfg, device, out_dir=None, writer=None, s
     rng = (raw_y.amax((0, 1)) - raw_y.amin((0, 1))).clamp_min(1e-12)
     m = {"completion_rmse": err.pow(2).mean().sqrt().item(),
          "completion_mae": err.abs().mean().item(),
-         "completion_rmse_pct_range": (100 * raw_rmse / rng).mean().item(),
-         "completion_rmse_ndvi": raw_rmse[NDVI].item()}
+         "completion_rmse_pct_range": (100 * raw_rmse / rng).mean().item()}
+    ndvi = ndvi_index(dataset.table.bands)
+    if ndvi is not None:
+        m["completion_rmse_ndvi"] = raw_rmse[ndvi].item()
     # Honest references: the last observation held (persistence) and the
     # training years' mean continuation (climatology).
     clim = torch.from_numpy(dataset.table.norm_series("train")[:, h:h + p]).mean(0)   # [P, V]
@@ -55,21 +62,23 @@ def completion_metrics(model, dataset, cfg, device, out_dir=None, writer=None, s
         m.update({k: v for k, v in r.items() if k.endswith(("R@1", "R@5", "mean_rank"))})
     if out_dir is not None or writer is not None:
         n_plot = cfg["eval"]["plot_samples"]
-        emit_figure(forecast_figure(x, y, pred, n_plot), "forecasts", out_dir, writer, step,
+        v, name = (ndvi, "NDVI") if ndvi is not None else (0, dataset.table.bands[0])
+        emit_figure(forecast_figure(x, y, pred, n_plot, v, name), "forecasts", out_dir, writer, step,
                     tag="val/forecasts")
     return m
 
 
-def forecast_figure(x, y, pred, n_plot=4):
+def forecast_figure(x, y, pred, n_plot=4, v=0, name="variate 0"):
+    """Input, truth and forecast of variate ``v`` for the first ``n_plot`` samples."""
     n = min(n_plot, len(x))
     fig = Figure(figsize=(3.2 * n, 2.6))
     axes = fig.subplots(1, n, squeeze=False)
     h = x.shape[1]
     for i, ax in enumerate(axes[0]):
-        ax.plot(range(h), x[i, :, NDVI], "k-", label="input")
-        ax.plot(range(h, h + y.shape[1]), y[i, :, NDVI], "k--", label="truth")
-        ax.plot(range(h, h + y.shape[1]), pred[i, :, NDVI], "r-", label="forecast")
-        ax.set_title(f"sample {i}: NDVI (std. units)", fontsize=8)
+        ax.plot(range(h), x[i, :, v], "k-", label="input")
+        ax.plot(range(h, h + y.shape[1]), y[i, :, v], "k--", label="truth")
+        ax.plot(range(h, h + y.shape[1]), pred[i, :, v], "r-", label="forecast")
+        ax.set_title(f"sample {i}: {name} (std. units)", fontsize=8)
         ax.set_xlabel("10-day step", fontsize=8)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
@@ -89,7 +98,7 @@ def _ridge(xtr, ytr, alpha):
 
 def ndvi_features(table, split):
     """Peak and integrated (sum over composites) NDVI in band units, [N, 2]."""
-    ndvi = table.d["series"][table.splits[split], :, NDVI]
+    ndvi = table.d["series"][table.splits[split], :, ndvi_index(table.bands)]
     return np.stack([ndvi.max(1), ndvi.sum(1)], 1).astype(np.float64)
 
 
@@ -98,7 +107,8 @@ def baselines(table, split):
     ytr = table.d["yield"][table.splits["train"]].astype(np.float64)
     n = len(table.splits[split])
     out = {"mean": np.full(n, ytr.mean())}
-    out["ridge"] = _ridge(ndvi_features(table, "train"), ytr, 1.0)(ndvi_features(table, split))
+    if ndvi_index(table.bands) is not None:
+        out["ridge"] = _ridge(ndvi_features(table, "train"), ytr, 1.0)(ndvi_features(table, split))
     full = {s: table.norm_series(s).reshape(len(table.splits[s]), -1).astype(np.float64)
             for s in ("train", "val", split)}
     yval = table.d["yield"][table.splits["val"]].astype(np.float64)
@@ -122,16 +132,18 @@ def yield_metrics(model, dataset, cfg, device, out_dir=None):
     for k, p in base.items():
         m[f"yield_r2_{k}"] = r2(p, y)
         m[f"yield_rmse_{k}"] = float(np.sqrt(np.mean((p - y) ** 2)))
-    m["beats_ridge"] = float(m["yield_r2"] > m["yield_r2_ridge"])
+    if "ridge" in base:
+        m["beats_ridge"] = float(m["yield_r2"] > m["yield_r2_ridge"])
     if out_dir is not None:
-        emit_figure(yield_figure(y, pred, base["ridge"], m), "yield_scatter", out_dir)
+        emit_figure(yield_figure(y, pred, base.get("ridge"), m), "yield_scatter", out_dir)
     return m
 
 
 def yield_figure(y, pred, ridge, m):
     fig = Figure(figsize=(4, 4))
     ax = fig.subplots()
-    ax.scatter(y, ridge, s=6, c="0.6", label=f"ridge NDVI (R2 {m['yield_r2_ridge']:.2f})")
+    if ridge is not None:   # NDVI among data.bands
+        ax.scatter(y, ridge, s=6, c="0.6", label=f"ridge NDVI (R2 {m['yield_r2_ridge']:.2f})")
     ax.scatter(y, pred, s=6, c="C3", label=f"TimesCLIP (R2 {m['yield_r2']:.2f})")
     lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)

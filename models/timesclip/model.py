@@ -99,4 +99,4 @@ class TimesCLIP(nn.Module):
 
 def build_timesclip(model_cfg, data_cfg):
     m = dict(model_cfg)
-    return TimesCLIP(n_variates=7, input_len=data_cfg["input_len"], pred_len=data_cfg["pred_len"], **m)
+    return TimesCLIP(n_variates=len(data_cfg["bands"]), input_len=data_cfg["input_len"], pred_len=data_cfg["pred_len"], **m)

@@ -44,7 +44,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-# One fixed colour per variate (matplotlib's tab10), in BANDS order.
+# One fixed colour per variate, in data.bands order (the default bands named):
+# matplotlib's tab10, then tab20's light shades, so that all 14 bands of the
+# crop-yield port's files get colours of their own.
 VARIATE_COLOURS = (
     (0.122, 0.467, 0.706),  # NIR     blue
     (1.000, 0.498, 0.055),  # RVI     orange
@@ -53,6 +55,13 @@ VARIATE_COLOURS = (
     (0.580, 0.404, 0.741),  # EVI     purple
     (0.549, 0.337, 0.294),  # NDVI    brown
     (0.890, 0.467, 0.761),  # red     pink
+    (0.498, 0.498, 0.498),  # grey
+    (0.737, 0.741, 0.133),  # olive
+    (0.090, 0.745, 0.812),  # cyan
+    (0.682, 0.780, 0.910),  # light blue
+    (1.000, 0.733, 0.471),  # light orange
+    (0.596, 0.875, 0.541),  # light green
+    (1.000, 0.596, 0.588),  # light red
 )
 
 
@@ -229,7 +238,7 @@ def render_variates(x, size=224, line_width=2.0, margin=None, chunk=512, out=Non
     B*V*3*size*size elements. ``chunk`` charts per call bounds the scratch memory."""
     b, t, v = x.shape
     series = x.permute(0, 2, 1).reshape(b * v, t)                    # [B*V, T]
-    colours = torch.tensor(VARIATE_COLOURS, device=x.device)[torch.arange(v, device=x.device) % 7]
+    colours = torch.tensor(VARIATE_COLOURS, device=x.device)[torch.arange(v, device=x.device) % len(VARIATE_COLOURS)]
     colours = colours.repeat(b, 1)                                   # [B*V, 3]
     n = b * v
     if (out is None or out.numel() < n * 3 * size * size or out.device != x.device
