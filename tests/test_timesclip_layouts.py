@@ -259,7 +259,11 @@ def test_train_and_eval_on_a_users_folder_leave_it_byte_identical(tmp_path, monk
     before = tree(root)
     _, m = _train_and_eval(root, tmp_path, layout)
     assert np.isfinite(m["completion_rmse"]) and "completion_rmse_ndvi" in m and "v2l_R@1" in m
-    assert f"{layout} layout (detected)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{layout} layout (detected)" in out
+    gaps = 100 * 3 * 3 / (3 * N * 36 * 7) if layout == "per_year" else 0.0
+    assert (f"TimesCLIP table: {3 * N} field-seasons; train {N} (2019: {N}); val {N} (2020: {N}); "
+            f"test {N} (2021: {N}); {gaps:.1f}% of cells were gaps") in out
     assert tree(root) == before              # every file identical, nothing added
     assert not os.path.exists(tmp_path / "data_cache")   # nothing derived is cached on disk
 

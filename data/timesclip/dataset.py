@@ -47,6 +47,17 @@ class FieldTable:
         self.y_mean = float(np.nanmean(ty)) if np.isfinite(ty).any() else 0.0
         self.y_std = float(np.nanstd(ty) + 1e-6) if np.isfinite(ty).any() else 1.0
 
+    def summary(self):
+        """One line for the log: rows per split and year, and the gap share."""
+        years = self.d["year"]
+        parts = []
+        for name, idx in self.splits.items():
+            per = ", ".join(f"{y}: {n}" for y, n in zip(*np.unique(years[idx], return_counts=True)))
+            parts.append(f"{name} {len(idx)} ({per})")
+        gaps = 100 * (1 - self.d["observed"].mean())
+        return (f"TimesCLIP table: {len(years)} field-seasons; {'; '.join(parts)}; "
+                f"{gaps:.1f}% of cells were gaps (filled in time)")
+
     def norm_series(self, split):
         return (self.d["series"][self.splits[split]] - self.mean) / self.std   # [N, T, V]
 

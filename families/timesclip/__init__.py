@@ -40,6 +40,7 @@ def prepare_data(cfg):
 
 def build_datasets(cfg):
     t, d = FieldTable.from_config(cfg["data"]), cfg["data"]
+    print(t.summary(), flush=True)
     return {s: CompletionDataset(t, s, d["input_len"], d["pred_len"]) for s in ("train", "val", "test")}
 
 
