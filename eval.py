@@ -17,7 +17,7 @@ import torch
 
 from families import load_family
 from training.checkpoint import load_checkpoint
-from training.config import ConfigError, _set_dotted, parse_cli
+from training.config import ConfigError, parse_cli, set_dotted
 from training.precision import resolve_precision
 from training.resources import apply_thread_budget
 from training.state import restore_state
@@ -28,7 +28,7 @@ def load_stage1(checkpoint, overrides=(), device="cpu"):
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["config"]
     for key, value in overrides:
-        _set_dotted(cfg, key, value, "command line")
+        set_dotted(cfg, key, value)
     family = load_family(cfg["family"])
     model = family.build_model(cfg)
     criterion = family.build_criterion(cfg, 0, 1)

@@ -26,7 +26,8 @@ from training.config import load_config  # noqa: E402
 from training.data import ResumableDistributedSampler, to_device  # noqa: E402
 from training.distributed import DistInfo  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
-from training.precision import autocast as make_autocast, grad_scaler  # noqa: E402
+from training.precision import autocast as make_autocast, grad_scaler, resolve_precision  # noqa: E402,E501
+from training.resources import apply_thread_budget  # noqa: E402
 
 
 def step(module, opt, micro, autocast, scaler, device):
@@ -44,6 +45,8 @@ def main():
     args, rest = ap.parse_known_args()
     cfg = load_config(rest)
     device = torch.device("cpu")
+    cfg["precision"], why = resolve_precision(cfg["precision"], device)
+    print(f"precision: {cfg['precision']} ({why})\n{apply_thread_budget(cfg)}")
     family = load_family(cfg["family"])
     family.prepare_data(cfg)
     ds = family.build_datasets(cfg)
@@ -57,8 +60,8 @@ def main():
     info = DistInfo(device=device)
 
     # (1) compute per sample, accumulation vs none, interleaved on the same batches
-    loader = make_loader(ds["train"], family.collate, dict(cfg, workers=0), info, B, True,
-                         ResumableDistributedSampler(ds["train"], seed=0))
+    loader = make_loader(ds["train"], family.collate, dict(cfg, workers=0), info, B,
+                         ResumableDistributedSampler(ds["train"], seed=0, batch_size=B))
     it = iter(loader)
     batches = [to_device(next(it), device) for _ in range(2)]
 
@@ -98,8 +101,8 @@ def main():
           f"{n:.2f} ms = {n / p:.2f}x; exact vs naive {a / n:.2f}x")
 
     # (2) data-wait share of a short training run with the configured workers
-    sampler = ResumableDistributedSampler(ds["train"], seed=1)
-    loader = make_loader(ds["train"], family.collate, cfg, info, B, True, sampler)
+    sampler = ResumableDistributedSampler(ds["train"], seed=1, batch_size=B)
+    loader = make_loader(ds["train"], family.collate, cfg, info, B, sampler)
     it = iter(loader)
     next(it)  # worker start-up is not steady state
     wait = total = 0.0

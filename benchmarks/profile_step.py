@@ -10,9 +10,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from families import load_family
 from training.config import load_config
 from training.accumulation import ModelAndLoss, forward_backward
-from training.precision import autocast as mk, grad_scaler
+from training.precision import autocast as mk, grad_scaler, resolve_precision
 from training.data import cat_batches
 cfg = load_config((["--family", "radar", "--preset", "quick"] if "--family" not in sys.argv and "--config" not in sys.argv else []) + sys.argv[1:])
+cfg["precision"], _ = resolve_precision(cfg["precision"], torch.device("cpu"))
 fam = load_family(cfg["family"]); ds = fam.build_datasets(cfg)["train"]
 m = ModelAndLoss(fam.build_model(cfg), fam.build_criterion(cfg, 0, 1)); m.train()
 ac = mk(cfg["precision"], torch.device("cpu")); sc = grad_scaler(cfg["precision"], torch.device("cpu"))
