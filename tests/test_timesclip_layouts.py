@@ -187,6 +187,17 @@ def test_bad_per_year_files_name_the_file_the_column_and_what_was_expected(tmp_p
         load_per_year(str(tmp_path), BANDS)
 
 
+def test_a_short_row_and_a_binary_file_name_the_file(tmp_path):
+    write_per_year(tmp_path)
+    _rewrite(tmp_path / f"extract2020_{STAMP}.csv", lambda r: r[5].pop())
+    with pytest.raises(UserDataError, match=rf"extract2020_{STAMP}.csv, line 6: 504 fields, "
+                                            r"expected 505 \(the header's\)"):
+        load_per_year(str(tmp_path), BANDS)
+    (tmp_path / f"extract2020_{STAMP}.csv").write_bytes(b"NIR_00\n\xff\xfe\x00\n")
+    with pytest.raises(UserDataError, match=rf"extract2020_{STAMP}.csv: not UTF-8 text"):
+        load_per_year(str(tmp_path), BANDS)
+
+
 def test_two_files_for_one_year_are_refused(tmp_path):
     write_per_year(tmp_path)
     with open(tmp_path / f"extract2019_{STAMP}.csv", "rb") as f:

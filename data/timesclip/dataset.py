@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.cache import UserDataError
 from data.timesclip.formats import find_layout, load
 from training.data import item_rng
 
@@ -37,7 +38,7 @@ class FieldTable:
         for name, years in (("train", train_years), ("val", val_years), ("test", test_years)):
             idx = np.where(np.isin(d["year"], list(years)))[0]
             if len(idx) == 0:
-                raise ValueError(f"{source}: no rows for {name} years {list(years)}; "
+                raise UserDataError(f"{source}: no rows for {name} years {list(years)}; "
                                  f"years present: {sorted(set(d['year'].tolist()))}")
             self.splits[name] = idx
         tr = d["series"][self.splits["train"]]
@@ -92,7 +93,7 @@ class YieldDataset(Dataset):
         y = table.d["yield"][table.splits[split]]
         if not np.isfinite(y).all():
             bad = table.splits[split][~np.isfinite(y)]
-            raise ValueError(f"{table.d['where'][bad[0]]}: empty yield ({len(bad)} of the {split} "
+            raise UserDataError(f"{table.d['where'][bad[0]]}: empty yield ({len(bad)} of the {split} "
                              f"rows); stage 2 needs a yield in every row")
         self.y_raw = torch.from_numpy(y)
         self.y = (self.y_raw - table.y_mean) / table.y_std

@@ -22,7 +22,8 @@ Both layouts, read by the same code:
   band with no observation in a row is an error;
 - an empty yield is allowed (stage 1 needs none); stage 2 refuses it.
 
-Every error names the file, the line or column, and what was expected.
+Every error (``UserDataError``, a ``ValueError``) names the file, the line or
+column, and what was expected.
 """
 import csv
 import glob
@@ -82,7 +83,7 @@ def load(root, layout, bands, n_steps=N_STEPS):
         return load_fields(os.path.join(root, FIELDS), bands, n_steps)
     if name == "per_year":
         return load_per_year(root, bands, n_steps)
-    raise ValueError(f"unknown TimesCLIP layout {name!r}; known: {[lay.name for lay in LAYOUTS]}")
+    raise UserDataError(f"unknown TimesCLIP layout {name!r}; known: {[lay.name for lay in LAYOUTS]}")
 
 
 def load_fields(path, bands, n_steps=N_STEPS):
@@ -90,7 +91,7 @@ def load_fields(path, bands, n_steps=N_STEPS):
     header, rows = _read_csv(path)
     missing = [c for c in META if c not in header]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected {','.join(META)} "
+        raise UserDataError(f"{path}: missing column(s) {missing}; expected {','.join(META)} "
                          f"then <band>_00..<band>_{n_steps - 1:02d}")
     col = {c: header.index(c) for c in META}
     vidx = band_columns(path, header, bands, n_steps)
@@ -99,7 +100,7 @@ def load_fields(path, bands, n_steps=N_STEPS):
         try:
             years.append(int(row[col["year"]]))
         except ValueError:
-            raise ValueError(f"{path}, line {line}, field 'year': expected an integer, "
+            raise UserDataError(f"{path}, line {line}, field 'year': expected an integer, "
                              f"got {row[col['year']]!r}") from None
         ylds.append(_float(row[col["yield_t_ha"]], path, line, "yield_t_ha", "a yield in t/ha"))
         vals.append([_float(row[i], path, line, header[i]) for i in vidx])
@@ -112,11 +113,11 @@ def load_per_year(root, bands, n_steps=N_STEPS):
     """The port's ``extract{YEAR}_*.csv`` files, one a year, concatenated."""
     files = per_year_files(root)
     if not files:
-        raise ValueError(f"{root}: no {PER_YEAR_GLOB} files")
+        raise UserDataError(f"{root}: no {PER_YEAR_GLOB} files")
     seen = {}
     for year, path in files:
         if year in seen:   # two exports of one year would count its fields twice
-            raise ValueError(f"{path}: a second file for year {year} (also {seen[year]}); "
+            raise UserDataError(f"{path}: a second file for year {year} (also {seen[year]}); "
                              f"expected one extract{year}_*.csv")
         seen[year] = path
     parts = []
@@ -126,7 +127,7 @@ def load_per_year(root, bands, n_steps=N_STEPS):
         ycols = [i for i, c in enumerate(header) if c.strip().lower() == want]
         if len(ycols) != 1:
             found = [c for c in header if re.fullmatch(r"[yY]\d{4}", c.strip())]
-            raise ValueError(f"{path}: {'no' if not ycols else 'more than one'} yield column "
+            raise UserDataError(f"{path}: {'no' if not ycols else 'more than one'} yield column "
                              f"{want!r} (the year {year} from the file name); yield-like columns "
                              f"found: {found or 'none'}")
         yi, yname = ycols[0], header[ycols[0]]
@@ -162,16 +163,16 @@ def band_columns(path, header, bands, n_steps=N_STEPS):
     for band in bands:
         spellings = by_band.get(str(band).lower())
         if not spellings:
-            raise ValueError(f"{path}: no columns for band {band!r} (looked for {band}_00.."
+            raise UserDataError(f"{path}: no columns for band {band!r} (looked for {band}_00.."
                              f"{band}_{n_steps - 1:02d}, any case); bands in the file: "
                              f"{', '.join(sorted({s for v in by_band.values() for s in v})) or 'none'}")
         if len(spellings) > 1:
-            raise ValueError(f"{path}: band {band!r} is spelt more than one way "
+            raise UserDataError(f"{path}: band {band!r} is spelt more than one way "
                              f"({', '.join(f'{s}_*' for s in sorted(spellings))}); expected one")
         (spelling, steps), = spellings.items()
         if sorted(steps) != list(range(n_steps)):
             got = sorted(steps)
-            raise ValueError(f"{path}: band {spelling!r} has {len(got)} step columns "
+            raise UserDataError(f"{path}: band {spelling!r} has {len(got)} step columns "
                              f"({spelling}_{got[0]:02d}..{spelling}_{got[-1]:02d}); expected "
                              f"{n_steps}: {spelling}_00..{spelling}_{n_steps - 1:02d}")
         out += [steps[t] for t in range(n_steps)]
@@ -182,21 +183,26 @@ def _read_csv(path):
     """Header and ``[(line number, row)]``; rows of the header's length."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: not found (TimesCLIP layouts: data/timesclip/formats.py)")
-    with open(path, newline="", encoding="utf-8-sig") as f:   # -sig: Excel's byte-order mark
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty file, expected a header row")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{path}, line {line}: {len(row)} fields, expected {len(header)} "
-                                 f"(the header's)")
-            rows.append((line, row))
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:   # -sig: Excel's byte-order mark
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise UserDataError(f"{path}: empty file, expected a header row")
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise UserDataError(f"{path}, line {reader.line_num}: {len(row)} fields, "
+                                        f"expected {len(header)} (the header's)")
+                rows.append((reader.line_num, row))
+    except UnicodeDecodeError as e:
+        raise UserDataError(f"{path}: not UTF-8 text (byte {e.start}); expected a UTF-8 CSV") from None
+    except csv.Error as e:
+        raise UserDataError(f"{path}, line {reader.line_num}: not CSV ({e})") from None
     if not rows:
-        raise ValueError(f"{path}: no data rows")
+        raise UserDataError(f"{path}: no data rows")
     return header, rows
 
 
@@ -206,10 +212,10 @@ def _float(text, path, line, field, what="a number"):
     try:
         v = float(text)
     except ValueError:
-        raise ValueError(f"{path}, line {line}, field {field!r}: expected {what} or empty, "
+        raise UserDataError(f"{path}, line {line}, field {field!r}: expected {what} or empty, "
                          f"got {text!r}") from None
     if not np.isfinite(v):
-        raise ValueError(f"{path}, line {line}, field {field!r}: expected a finite number, got {text!r}")
+        raise UserDataError(f"{path}, line {line}, field {field!r}: expected a finite number, got {text!r}")
     return v
 
 
@@ -219,7 +225,7 @@ def _table(path, bands, n_steps, vals, ylds, years, lines, where, ids, regions):
     empty = np.argwhere(~observed.any(1))
     if len(empty):
         i, v = empty[0]
-        raise ValueError(f"{path}, line {lines[i]}, field '{bands[v]}_*': no observed value in the "
+        raise UserDataError(f"{path}, line {lines[i]}, field '{bands[v]}_*': no observed value in the "
                          f"whole season; expected at least one")
     return {"series": fill_gaps(raw).astype(np.float32), "observed": observed,
             "yield": np.asarray(ylds, np.float32), "year": np.asarray(years, np.int64),
