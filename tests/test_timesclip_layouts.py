@@ -172,6 +172,8 @@ def _drop(rows, column):
      r"extract2019_{}.csv, line 4, field 'y2019': expected a yield or empty, got 'n/d\?'"),
     (lambda r: r[0].__setitem__(-1, "yield"),
      r"extract2019_{}.csv: no yield column 'y2019' \(the year 2019 from the file name\)"),
+    (lambda r: r[0].__setitem__(r[0].index("green_03"), "NIR_03"),
+     r"extract2019_{}.csv: column 'NIR_03' appears twice \(also column 4\)"),
     (lambda r: r[0].__setitem__(r[0].index("blue_00"), "BLUE_00"),
      r"extract2019_{}.csv: band 'blue' is spelt more than one way \(BLUE_\*, blue_\*\)"),
     (lambda r: [row.__setitem__(i, "") for row in r[1:2] for i, c in enumerate(r[0])

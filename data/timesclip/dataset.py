@@ -39,7 +39,7 @@ class FieldTable:
             idx = np.where(np.isin(d["year"], list(years)))[0]
             if len(idx) == 0:
                 raise UserDataError(f"{source}: no rows for {name} years {list(years)}; "
-                                 f"years present: {sorted(set(d['year'].tolist()))}")
+                                    f"years present: {sorted(set(d['year'].tolist()))}")
             self.splits[name] = idx
         tr = d["series"][self.splits["train"]]
         self.mean = tr.mean((0, 1)).astype(np.float32)            # [V]
@@ -94,7 +94,7 @@ class YieldDataset(Dataset):
         if not np.isfinite(y).all():
             bad = table.splits[split][~np.isfinite(y)]
             raise UserDataError(f"{table.d['where'][bad[0]]}: empty yield ({len(bad)} of the {split} "
-                             f"rows); stage 2 needs a yield in every row")
+                                f"rows); stage 2 needs a yield in every row")
         self.y_raw = torch.from_numpy(y)
         self.y = (self.y_raw - table.y_mean) / table.y_std
         self.aug, self.seed, self.epoch = aug or {}, seed, 0

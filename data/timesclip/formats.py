@@ -92,7 +92,7 @@ def load_fields(path, bands, n_steps=N_STEPS):
     missing = [c for c in META if c not in header]
     if missing:
         raise UserDataError(f"{path}: missing column(s) {missing}; expected {','.join(META)} "
-                         f"then <band>_00..<band>_{n_steps - 1:02d}")
+                            f"then <band>_00..<band>_{n_steps - 1:02d}")
     col = {c: header.index(c) for c in META}
     vidx = band_columns(path, header, bands, n_steps)
     years, ylds, vals, where = [], [], [], []
@@ -101,7 +101,7 @@ def load_fields(path, bands, n_steps=N_STEPS):
             years.append(int(row[col["year"]]))
         except ValueError:
             raise UserDataError(f"{path}, line {line}, field 'year': expected an integer, "
-                             f"got {row[col['year']]!r}") from None
+                                f"got {row[col['year']]!r}") from None
         ylds.append(_float(row[col["yield_t_ha"]], path, line, "yield_t_ha", "a yield in t/ha"))
         vals.append([_float(row[i], path, line, header[i]) for i in vidx])
         where.append(f"{path}, line {line}, field 'yield_t_ha'")
@@ -118,7 +118,7 @@ def load_per_year(root, bands, n_steps=N_STEPS):
     for year, path in files:
         if year in seen:   # two exports of one year would count its fields twice
             raise UserDataError(f"{path}: a second file for year {year} (also {seen[year]}); "
-                             f"expected one extract{year}_*.csv")
+                                f"expected one extract{year}_*.csv")
         seen[year] = path
     parts = []
     for year, path in files:
@@ -128,8 +128,8 @@ def load_per_year(root, bands, n_steps=N_STEPS):
         if len(ycols) != 1:
             found = [c for c in header if re.fullmatch(r"[yY]\d{4}", c.strip())]
             raise UserDataError(f"{path}: {'no' if not ycols else 'more than one'} yield column "
-                             f"{want!r} (the year {year} from the file name); yield-like columns "
-                             f"found: {found or 'none'}")
+                                f"{want!r} (the year {year} from the file name); yield-like columns "
+                                f"found: {found or 'none'}")
         yi, yname = ycols[0], header[ycols[0]]
         vidx = band_columns(path, header, bands, n_steps)
         name = os.path.basename(path)
@@ -142,7 +142,7 @@ def load_per_year(root, bands, n_steps=N_STEPS):
                             [ln for ln, _ in rows], where,
                             [f"{name}:{line}" for line, _ in rows], [""] * len(rows)))
     out = {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray)
-               else sum((p[k] for p in parts), [])) for k in parts[0] if k != "bands"}
+               else [x for p in parts for x in p[k]]) for k in parts[0] if k != "bands"}
     return {**out, "bands": list(bands)}
 
 
@@ -158,23 +158,28 @@ def band_columns(path, header, bands, n_steps=N_STEPS):
     for i, c in enumerate(header):
         m = _STEP_COL.match(c.strip())
         if m:
-            by_band.setdefault(m.group(1).lower(), {}).setdefault(m.group(1), {})[int(m.group(2))] = i
+            steps = by_band.setdefault(m.group(1).lower(), {}).setdefault(m.group(1), {})
+            if int(m.group(2)) in steps:
+                raise UserDataError(f"{path}: column {c!r} appears twice (also column "
+                                    f"{steps[int(m.group(2))] + 1}); expected each once")
+            steps[int(m.group(2))] = i
     out = []
     for band in bands:
         spellings = by_band.get(str(band).lower())
         if not spellings:
+            present = sorted({s for v in by_band.values() for s in v})
             raise UserDataError(f"{path}: no columns for band {band!r} (looked for {band}_00.."
-                             f"{band}_{n_steps - 1:02d}, any case); bands in the file: "
-                             f"{', '.join(sorted({s for v in by_band.values() for s in v})) or 'none'}")
+                                f"{band}_{n_steps - 1:02d}, any case); bands in the file: "
+                                f"{', '.join(present) or 'none'}")
         if len(spellings) > 1:
             raise UserDataError(f"{path}: band {band!r} is spelt more than one way "
-                             f"({', '.join(f'{s}_*' for s in sorted(spellings))}); expected one")
+                                f"({', '.join(f'{s}_*' for s in sorted(spellings))}); expected one")
         (spelling, steps), = spellings.items()
         if sorted(steps) != list(range(n_steps)):
             got = sorted(steps)
             raise UserDataError(f"{path}: band {spelling!r} has {len(got)} step columns "
-                             f"({spelling}_{got[0]:02d}..{spelling}_{got[-1]:02d}); expected "
-                             f"{n_steps}: {spelling}_00..{spelling}_{n_steps - 1:02d}")
+                                f"({spelling}_{got[0]:02d}..{spelling}_{got[-1]:02d}); expected "
+                                f"{n_steps}: {spelling}_00..{spelling}_{n_steps - 1:02d}")
         out += [steps[t] for t in range(n_steps)]
     return out
 
@@ -213,9 +218,10 @@ def _float(text, path, line, field, what="a number"):
         v = float(text)
     except ValueError:
         raise UserDataError(f"{path}, line {line}, field {field!r}: expected {what} or empty, "
-                         f"got {text!r}") from None
+                            f"got {text!r}") from None
     if not np.isfinite(v):
-        raise UserDataError(f"{path}, line {line}, field {field!r}: expected a finite number, got {text!r}")
+        raise UserDataError(f"{path}, line {line}, field {field!r}: expected a finite number, "
+                            f"got {text!r}")
     return v
 
 
@@ -226,7 +232,7 @@ def _table(path, bands, n_steps, vals, ylds, years, lines, where, ids, regions):
     if len(empty):
         i, v = empty[0]
         raise UserDataError(f"{path}, line {lines[i]}, field '{bands[v]}_*': no observed value in the "
-                         f"whole season; expected at least one")
+                            f"whole season; expected at least one")
     return {"series": fill_gaps(raw).astype(np.float32), "observed": observed,
             "yield": np.asarray(ylds, np.float32), "year": np.asarray(years, np.int64),
             "field_id": list(ids), "region": list(regions), "where": list(where),
