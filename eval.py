@@ -3,10 +3,12 @@
     python eval.py --checkpoint logs/<name>/checkpoints/latest.pt --out DIR
     python eval.py --checkpoint ... --out DIR --split val --data.root /my/data
 
-Rebuilds the family's model from the checkpoint's own config (any key may be
-overridden, e.g. to point at another copy of the data), calls the family's
-``evaluate``, writes DIR/metrics.json (flat keys), figures and a TensorBoard
-log in DIR, and prints a table.
+Rebuilds the family's model and criterion from the checkpoint's own config
+and state dicts (training/state.py). The command line may change any key
+but the architecture's (``model.*``, ``loss.*``: the weights fix them), e.g.
+``--data.root`` to point at another copy of the data or ``--precision``.
+Calls the family's ``evaluate``, writes DIR/metrics.json (flat keys), figures
+and a TensorBoard log in DIR, and prints a table.
 """
 import argparse
 import json
@@ -28,6 +30,9 @@ def load_stage1(checkpoint, overrides=(), device="cpu"):
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt["config"]
     for key, value in overrides:
+        if key.split(".")[0] in ("model", "loss"):
+            raise ConfigError(f"--{key}: the checkpoint {checkpoint} fixes the architecture "
+                              f"(model.*, loss.*); its weights would not fit another one")
         set_dotted(cfg, key, value)
     family = load_family(cfg["family"])
     model = family.build_model(cfg)

@@ -175,3 +175,22 @@ def test_stage2_resume_continues_as_the_uninterrupted_run(tmp_path, capsys):
         assert again["train_state"] == full["train_state"]
         for k, v in full["model"].items():
             assert torch.equal(v, again["model"][k]), (name, k)
+
+
+def test_eval_refuses_another_architecture_and_takes_another_split(tmp_path):
+    import pytest
+    import eval as eval_script
+    import train_stage1
+    from training.config import ConfigError
+    run = train_stage1.main(["--config", TINY_YAML, "--logs", str(tmp_path), "--name", "e",
+                             "--max-steps", "2", "--val-every", "0"])
+    ckpt = os.path.join(run, "checkpoints", "latest.pt")
+    with pytest.raises(ConfigError, match="fixes the architecture"):
+        eval_script.main(["--checkpoint", ckpt, "--out", str(tmp_path / "o"),
+                          "--model.embed_dim", "8"])
+    m = eval_script.main(["--checkpoint", ckpt, "--out", str(tmp_path / "o"), "--split", "val",
+                          "--data.num_val", "16"])
+    info = json.load(open(tmp_path / "o" / "eval_info.json"))
+    assert info["step"] == 2 and info["split"] == "val"
+    assert set(m) == {"t2i_R@1", "t2i_R@10"}
+    assert all(abs(v * 16 - round(v * 16)) < 1e-6 for v in m.values())  # shares of 16 queries
