@@ -257,3 +257,13 @@ def test_a_relative_root_resolves_against_the_current_directory(tmp_path, monkey
     assert fam.data_dir(cfg) == str(tmp_path / "rel" / "data")
     fam.prepare_data(cfg)
     assert os.path.exists(tmp_path / "rel" / "data" / MANIFEST)
+
+
+def test_soundfile_reads_the_generated_wavs_as_the_old_scipy_reader_did(dataset_dir):
+    """Generated data keep their numbers: soundfile's float32 of the int16 WAVs is
+    scipy's int16 / 32768 (the reader before real data), sample for sample."""
+    for r in read_manifest(dataset_dir)[:6]:
+        path = os.path.join(dataset_dir, r["file_name"])
+        sr, pcm = wavfile.read(path)
+        assert sr == SR and pcm.dtype == np.int16
+        np.testing.assert_array_equal(read_foa(path, SR, 4.0), pcm.T.astype(np.float32) / 32768.0)
