@@ -11,7 +11,10 @@ whole batch and rank r uses the rows of shard r only. Checks against one
 process on the whole batch, for each flag pair the loop accepts:
   - loss: the mean over ranks of the per-rank losses == the global loss;
   - gradients: the mean over ranks (what DDP computes) of every feature's and
-    every logit scale's gradient == its single-process gradient.
+    every logit scale's gradient == its single-process gradient;
+and again "ragged": each shard's entity/object dims cut to its own largest, as
+the collate pads a batch (the last rank uses fewer object slots, the ranks
+hold different entity counts), so the loss must pad them across ranks.
 Prints one line per case and rank; exits 1 on every rank if any rank failed.
 """
 import os
@@ -43,12 +46,25 @@ def global_batch(world_size):
     feats["object_valid"][:, 0] = True
     target = torch.rand(N, E, O, generator=g) < 0.4
     target[:, :, 0] |= ~target.any(-1)  # every entity names at least one slot
+    # the last rank's items use 3 of the 4 object slots: trimmed to its batch (ragged), it pads less
+    feats["object_valid"][-N_LOCAL:, O - 1] = False
+    target[-N_LOCAL:, :, O - 1] = False
+    target[:, :, 0] |= ~(target & feats["object_valid"][:, None, :]).any(-1)
     ids = torch.arange(N) + 10
     ids[-1] = ids[0]  # the same image on the first and the last rank
     return feats, {"image_index": ids, "entity_target": target}
 
 
-def run_case(name, kwargs, rank, world_size):
+def trim(f, batch):
+    """A shard as the collate pads it: entity and object dims cut to the shard's largest."""
+    e = max(1, int(f["entity_valid"].sum(1).max()))
+    o = max(1, int(f["object_valid"].nonzero()[:, 1].max()) + 1)
+    f = dict(f, entity_features=f["entity_features"][:, :e], entity_valid=f["entity_valid"][:, :e],
+             object_features=f["object_features"][:, :o], object_valid=f["object_valid"][:, :o])
+    return f, dict(batch, entity_target=batch["entity_target"][:, :e, :o])
+
+
+def run_case(name, kwargs, rank, world_size, ragged=False):
     feats, batch = global_batch(world_size)
     sl = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
     common = dict(hard_negative_k=5, weight_schedule="constant", init_temperature=0.1,
@@ -57,10 +73,13 @@ def run_case(name, kwargs, rank, world_size):
     def leaves():
         return {k: feats[k].clone().requires_grad_() for k in FLOAT_KEYS}
 
-    def forward(crit, params, rows):
+    def forward(crit, params, rows, ragged=False):
         f = {k: params[k][rows] for k in FLOAT_KEYS}
         f.update(entity_valid=feats["entity_valid"][rows], object_valid=feats["object_valid"][rows])
-        return crit(f, {k: v[rows] for k, v in batch.items()}, 0)[0]
+        b = {k: v[rows] for k, v in batch.items()}
+        if ragged:  # ranks hold different entity/object counts: the loss pads across ranks
+            f, b = trim(f, b)
+        return crit(f, b, 0)[0]
 
     ref_crit = GroundingLoss(**common)
     ref = leaves()
@@ -69,7 +88,7 @@ def run_case(name, kwargs, rank, world_size):
 
     crit = GroundingLoss(**common, **kwargs, rank=rank, world_size=world_size)
     mine = leaves()
-    loss = forward(crit, mine, sl)
+    loss = forward(crit, mine, sl, ragged)
     loss.backward()
     grads = {k: mine[k].grad for k in FLOAT_KEYS}
     grads.update({k: getattr(crit, k).grad for k in SCALES})
@@ -91,6 +110,7 @@ def run_case(name, kwargs, rank, world_size):
         elif not torch.allclose(gr, want[k], atol=ATOL, rtol=0):
             errs.append(f"grad {k}: max |diff| {(gr - want[k]).abs().max().item():.3e}")
     status = "OK" if not errs else "FAIL: " + "; ".join(errs)
+    name += ", ragged" if ragged else ""
     print(f"[rank {rank}] GroundingLoss({name}): loss {loss.item():.6f} "
           f"(global {ref_loss.item():.6f}) {status}", flush=True)
     return not errs
@@ -101,7 +121,8 @@ def main():
     rank, world_size = dist.get_rank(), dist.get_world_size()
     cases = [("default", {}), ("gather_with_grad", {"gather_with_grad": True}),
              ("local_loss, gather_with_grad", {"local_loss": True, "gather_with_grad": True})]
-    ok = all([run_case(name, kw, rank, world_size) for name, kw in cases])
+    ok = all([run_case(name, kw, rank, world_size, ragged) for ragged in (False, True)
+              for name, kw in cases])
     flag = torch.tensor(0 if ok else 1)
     dist.all_reduce(flag)  # every rank fails if any rank failed
     dist.destroy_process_group()

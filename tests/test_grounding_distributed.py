@@ -1,4 +1,5 @@
-"""GroundingLoss on 2 gloo ranks (every flag pair the loop accepts) gives the
+"""GroundingLoss on 2 gloo ranks (every flag pair the loop accepts; shards of
+equal and of different entity/object counts) gives the
 single-process loss and gradients on the global batch; the checks run in
 tests/dist_grounding_worker.py, this test launches it and reads its output."""
 import os
@@ -19,7 +20,7 @@ def test_grounding_loss_on_two_ranks_equals_one(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"worker failed (rc {proc.returncode}):\n{output}"
-    assert output.count(" OK") == 3 * 2, output  # every case ran on both ranks
+    assert output.count(" OK") == 6 * 2, output  # every case, equal and ragged shapes, on both ranks
 
 
 def test_local_loss_without_gather_with_grad_is_refused():
