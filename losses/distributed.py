@@ -57,6 +57,22 @@ def all_gather_no_grad(x, rank, world_size):
     return torch.cat(parts, dim=0)
 
 
+def gather_for_loss(x, rank, world_size, gather_with_grad=False):
+    """[n, ...] on each rank -> [world_size * n, ...] in rank order, for a loss
+    computed over the global batch on every rank. Integer tensors (ids,
+    masks) carry no gradient. ``gather_with_grad``: every rank's gradient
+    goes home (``all_gather_with_grad``). Otherwise only this rank's slice
+    keeps its gradient, scaled by world_size to undo DDP's mean (every rank
+    computes the same loss, so the sum over ranks is not needed)."""
+    if world_size == 1:
+        return x
+    if not x.is_floating_point():
+        return all_gather_no_grad(x, rank, world_size)
+    if gather_with_grad:
+        return all_gather_with_grad(x, rank, world_size)
+    return all_gather_no_grad(scale_grad(x, float(world_size)), rank, world_size)
+
+
 def _p2p(sends, recvs):
     """sends: [(tensor, peer)], recvs: [(buffer, peer)]; waits for all."""
     ops = [dist.P2POp(dist.isend, t.contiguous(), peer) for t, peer in sends]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from losses import ClipLoss, SigLipLoss  # noqa: E402
+from losses.distributed import gather_for_loss  # noqa: E402
 
 ATOL = 1e-5
 N_LOCAL, DIM = 6, 8
@@ -36,6 +37,23 @@ def global_batch(world_size, with_ids):
     # Some repeated ids across ranks, so multi-positive targets cross shards.
     ids = torch.randint(0, n // 2, (n,), generator=g) if with_ids else None
     return raw_a, raw_b, ids
+
+
+class GatheredLoss(torch.nn.Module):
+    """A global-batch loss written with gather_for_loss, as the family losses
+    are: ids (integers, no gradient) give multi-positive targets."""
+
+    def __init__(self, rank, world_size, gather_with_grad):
+        super().__init__()
+        self.rank, self.world_size, self.with_grad = rank, world_size, gather_with_grad
+
+    def forward(self, a, b, scale, ids=None):
+        g = lambda x: gather_for_loss(x, self.rank, self.world_size, self.with_grad)  # noqa: E731
+        A, B, I = g(a), g(b), g(ids)                      # [N, D], [N, D], [N]
+        logits = scale * A @ B.T                          # [N, N]
+        target = (I[:, None] == I[None, :]).float()
+        target = target / target.sum(1, keepdim=True)
+        return -(target * logits.log_softmax(1) + target * logits.T.log_softmax(1)).sum(1).mean() / 2
 
 
 def run_case(name, make_loss, siglip, with_ids, rank, world_size):
@@ -99,6 +117,9 @@ def main():
              False, with_ids),
         ]
     cases.append(("SigLipLoss", lambda r, w: SigLipLoss(rank=r, world_size=w), True, False))
+    for with_grad in (False, True):
+        cases.append((f"gather_for_loss(gather_with_grad={with_grad}) +ids",
+                      lambda r, w, wg=with_grad: GatheredLoss(r, w, wg), False, True))
     ok = all([run_case(name, mk, sig, ids, rank, world_size) for name, mk, sig, ids in cases])
     flag = torch.tensor(0 if ok else 1)
     dist.all_reduce(flag)  # every rank fails if any rank failed

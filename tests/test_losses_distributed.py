@@ -1,5 +1,6 @@
 """ClipLoss (every supported flag pair, with and without multi-positive ids)
-and SigLipLoss under torchrun with gloo on CPU give the single-process
+and SigLipLoss, and a loss written with gather_for_loss (both modes),
+under torchrun with gloo on CPU give the single-process
 global-batch loss and gradients (fp32, atol 1e-5). The checks themselves
 run in tests/dist_losses_worker.py; this test launches it and reads the
 return code. 2 processes is the case asked for; 3 also exercises SigLIP's
@@ -24,4 +25,4 @@ def test_distributed_losses_match_single_process(nproc, tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"worker failed (rc {proc.returncode}):\n{output}"
     # The worker must actually have run every case on every rank.
-    assert output.count(" OK") == 7 * nproc, output
+    assert output.count(" OK") == 9 * nproc, output
