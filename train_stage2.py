@@ -171,10 +171,13 @@ def make_train_loader(train_ds, collate, cfg):
             raise ConfigError("stage2.weighted_sampling: the train dataset has no sample_weights")
         sampler = WeightedRandomSampler(w, num_samples=len(train_ds), replacement=True,
                                         generator=torch.Generator().manual_seed(cfg["seed"]))
+    extra = dict(prefetch_factor=cfg["prefetch_factor"]) if cfg["workers"] > 0 else {}
     return DataLoader(train_ds, batch_size=s2["batch_size"], shuffle=sampler is None,
                       sampler=sampler, drop_last=len(train_ds) > s2["batch_size"],
                       collate_fn=collate, num_workers=cfg["workers"],
-                      generator=torch.Generator().manual_seed(cfg["seed"]))
+                      pin_memory=cfg["pin_memory"] and torch.cuda.is_available()
+                      and cfg["device"] != "cpu",
+                      generator=torch.Generator().manual_seed(cfg["seed"]), **extra)
 
 
 def seed_epoch(loader, seed, epoch):
