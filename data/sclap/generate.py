@@ -1,6 +1,6 @@
 """Spatial-temporal scene generator writing an stClotho-like dataset.
 
-On disk (the same layout data/sclap/dataset.py reads for real data):
+On disk (the manifest layout, data/sclap/manifest.py, which real data may use too):
     <root>/stclotho_manifest.csv          one row per audio file (MANIFEST_COLUMNS)
     <root>/<split>/<item_id>_<variant>.wav 4-channel FOA (ACN/SN3D), int16
 
