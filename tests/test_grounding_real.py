@@ -195,6 +195,8 @@ def test_more_than_five_boxes_and_phrases_are_all_kept_or_counted(tmp_path):
     assert capped.report["boxes_dropped"] == 3 and capped.report["phrases_dropped"] == 2
     assert "drop 3 box slots and 2 phrases" in capped.describe()
     assert capped.get(0, 0)["boxes"].shape == (5, 4)
+    with pytest.raises(ValueError, match="data.max_objects must be null .* or a positive integer, got 0"):
+        GroundingDataset(root, "test", max_objects=0)
 
 
 def _bright_box(image):

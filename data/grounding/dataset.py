@@ -96,6 +96,9 @@ class GroundingDataset(Dataset):
             raise ValueError(f"data.image_size {image_size} must be a multiple of model.patch_size {patch_size}")
         if mask_strategy not in MASK_STRATEGIES:
             raise ValueError(f"data.mask_strategy must be one of {MASK_STRATEGIES}, got {mask_strategy!r}")
+        for key, cap in (("max_objects", max_objects), ("max_entities", max_entities)):
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                raise ValueError(f"data.{key} must be null (keep all) or a positive integer, got {cap!r}")
         self.root, self.split, self.train, self.seed, self.epoch = root, split, train, seed, 0
         self.S, self.patch, self.grid = image_size, patch_size, image_size // patch_size
         self.max_objects, self.max_entities = max_objects, max_entities

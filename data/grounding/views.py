@@ -1,7 +1,7 @@
 """Evaluation views of a grounding split, for ``training.evaluation.encode_split``.
 
 ``ImageBoxes``: one item per image, un-augmented, with ALL its annotated
-boxes (every <bndbox> of Annotations/<id>.xml, in file order, scaled to the
+boxes (every non-empty <bndbox> of Annotations/<id>.xml, in file order, scaled to the
 model's input): the candidates of entity -> object matching.
 ``CaptionEntities``: one item per (image, caption) pair of ``dataset.pairs``,
 with the character spans of every phrase that has a box, and for each such

@@ -4,7 +4,7 @@ Retrieval: every caption of the split against every image (full gallery,
 LAION-CLAP convention: t2i averaged over captions, i2t by the best caption).
 
 Entity -> object matching: for each phrase that has a box, the candidates are
-ALL annotated boxes of its own image (every <bndbox> in Annotations/<id>.xml:
+ALL annotated boxes of its own image (every non-empty <bndbox> in Annotations/<id>.xml:
 the objects any caption names, none added, none left out). The candidate
 whose object feature is most similar to the phrase's entity feature is the
 prediction; it is correct if its IoU with a gold box of the phrase's chain is
