@@ -145,3 +145,29 @@ def test_relinking_best_to_the_same_file_leaves_no_temporary(tmp_path):
         m.save({"model": {}, "config": {}, "train_state": {"step": step}}, step, metric)
     assert not [f for f in os.listdir(tmp_path) if ".tmp." in f], os.listdir(tmp_path)
     assert os.path.samefile(tmp_path / "best.pt", tmp_path / "best_step_00000001.pt")
+
+
+def test_sampler_orders_data_by_global_batch_on_any_number_of_ranks():
+    import pytest
+    from training.data import ResumableDistributedSampler
+    data = list(range(100))  # 3 global batches of 32; the last 4 items are dropped
+
+    def steps(world, per_rank, start=0):
+        shares = []
+        for r in range(world):
+            s = ResumableDistributedSampler(data, world, r, seed=3, batch_size=per_rank)
+            s.set_epoch(2, start_step=start)
+            assert len(s) == (3 - start) * per_rank
+            idx = list(s)
+            shares.append([idx[i:i + per_rank] for i in range(0, len(idx), per_rank)])
+        return [sum((shares[r][k] for r in range(world)), []) for k in range(3 - start)]
+
+    one = steps(1, 32)
+    assert steps(2, 16) == steps(4, 8) == one
+    assert sorted(sum(one, [])) != list(range(96))  # shuffled, and 4 items left out
+    assert steps(2, 16, start=1) == one[1:]  # resumed at step 1 of the epoch
+    s = ResumableDistributedSampler(data, 2, 0, seed=3, batch_size=16)
+    s.load_state_dict(ResumableDistributedSampler(data, 1, 0, seed=3, batch_size=32).state_dict())
+    with pytest.raises(ValueError, match="global batch is 16 items a step, this run's is 32"):
+        s.load_state_dict(ResumableDistributedSampler(data, 1, 0, seed=3, batch_size=16)
+                          .state_dict())
