@@ -89,10 +89,11 @@ def make_stclotho(base, splits=(("train", 4), ("valid", 2), ("test", 2)), sr=240
     return numbers
 
 
-def make_manifest(root, counts=(("train", 4), ("valid", 2), ("test", 2)), sr=16000, seconds=4.0):
+def make_manifest(root, counts=(("train", 4), ("valid", 2), ("test", 2)), sr=16000, seconds=4.0, extra_captions=0):
     """The manifest layout written by hand: WAV at 16 kHz, no class or onset columns,
-    the val split named 'valid'."""
+    the val split named 'valid'; extra_captions: caption_2 ... columns."""
     cols = [c for c in MANIFEST_COLUMNS if "class" not in c and "onset" not in c]
+    cols += [f"caption_{k}" for k in range(2, 2 + extra_captions)]
     rows = []
     for split, count in counts:
         os.makedirs(os.path.join(root, split), exist_ok=True)
@@ -108,7 +109,9 @@ def make_manifest(root, counts=(("train", 4), ("valid", 2), ("test", 2)), sr=160
                 rows.append(dict(split=split, item_id=f"{split}{j}", variant=v, file_name=name,
                                  caption=f"{v} {split}{j}: noise from {azi[0]}, then a tone from {azi[1]}.",
                                  plain_caption=f"noise {split}{j}, then a tone.", event1_azimuth=azi[0],
-                                 event1_elevation=10, event2_azimuth=azi[1], event2_elevation=10))
+                                 event1_elevation=10, event2_azimuth=azi[1], event2_elevation=10,
+                                 **{f"caption_{k}": f"{v} {split}{j} caption {k}."
+                                    for k in range(2, 2 + extra_captions)}))
     with open(os.path.join(root, "stclotho_manifest.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
@@ -288,3 +291,9 @@ def test_manifest_layout_wav_16k_detected(tmp_path, capsys):
     ds = fam.build_datasets(cfg)
     assert {s: len(d) for s, d in ds.items()} == {"train": 4, "val": 2, "test": 2}   # 'valid' rows are val
     assert ds["train"].sample_rate == 16000 and ds["train"].feats.shape[1:] == (7, 101, 32)
+    assert ds["train"].num_captions(0) == 1
+    make_manifest(str(tmp_path / "m5"), extra_captions=4)                   # caption_2 ... caption_5
+    five = fam.build_datasets(user_cfg(tmp_path / "m5", tmp_path))["test"]
+    assert five.items[1]["neg_t"]["captions"] == ["neg_t test1: noise from 0, then a tone from 90."] + \
+        [f"neg_t test1 caption {k}." for k in range(2, 6)]
+    assert five.items[1]["neg_t"]["plain_captions"] == ["noise test1, then a tone."] * 5

@@ -3,7 +3,9 @@
 Columns (data/sclap/generate.MANIFEST_COLUMNS): split (train, val or valid,
 test), item_id, variant (pos, neg_t, neg_s, or single: a one-event clip for
 zero-shot direction), file_name (relative to root), caption, plain_caption,
-event{1,2}_{class,azimuth,elevation,onset}. Event classes and onsets are
+event{1,2}_{class,azimuth,elevation,onset}; optionally caption_2 ... caption_N
+and plain_caption_2 ... (more captions of the same clip: Clotho has 5; a
+missing plain_caption_k reuses plain_caption). Event classes and onsets are
 optional (real data have none); an event2_onset, when given, places the
 window of a long clip (data/sclap/audio_io.py, ``join``).
 
@@ -58,8 +60,14 @@ def read_manifest(root):
                     row[f"event{e}_{k}"] = _float(row, f"event{e}_{k}", path, line)
             if not row["caption"].strip():
                 raise ManifestError(f"{path}, line {line}: field 'caption' is empty")
-            row["captions"] = [row["caption"]]
-            row["plain_captions"] = [row["plain_caption"] or row["caption"]]
+            row["captions"], row["plain_captions"] = [row["caption"]], [row["plain_caption"] or row["caption"]]
+            for k in range(2, len(row) + 1):
+                extra = (row.get(f"caption_{k}") or "").strip()
+                if not extra:
+                    break
+                row["captions"].append(extra)
+                row["plain_captions"].append((row.get(f"plain_caption_{k}") or "").strip()
+                                             or row["plain_captions"][0])
             onset = row.get("event2_onset") or ""
             row["join_s"] = _float(row, "event2_onset", path, line) if onset.strip() else None
             row["line"] = line
