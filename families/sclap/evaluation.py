@@ -75,7 +75,7 @@ def classical_doa(dataset, cfg):
 
 
 def caption_embeddings(model, dataset, first, cfg, device):
-    """Every caption of every variant, L2-normalised: {(item, variant, k): [D]}.
+    """Every caption of every variant, L2-normalised: {(item, variant index, k): [D]}.
     Caption 0 comes from the model's forward (``first`` [N, 3, D]), the others
     are encoded here; one-caption data encode nothing more."""
     out = {(i, j, 0): first[i, j] for i in range(len(dataset)) for j in range(3)}
