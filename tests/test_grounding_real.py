@@ -8,7 +8,9 @@ boxes and phrases; the v2 augmentation keeps boxes on their pixels."""
 import hashlib
 import json
 import os
+import shutil
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -126,11 +128,15 @@ def test_real_layout_trains_evaluates_and_is_left_byte_identical(tmp_path, monke
     user = make_flickr(tmp_path / "flickr", boxes=boxes, sizes=sizes)
     before = tree_hashes(user)
     monkeypatch.chdir(tmp_path)  # data_cache/ and logs/ of the run: the current directory's
-    with pytest.warns(UserWarning, match=r"train: 1 of 3 images differ in size"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         run = train_stage1.main(["--family", "grounding", "--data.root", user, "--data.generate", "false",
                                  "--data.color_jitter", "0.4", "--data.randaugment", "2",
                                  "--logs", str(tmp_path / "logs"), "--name", "real", "--batch-size", "2",
                                  "--max-steps", "2", "--max-nonfinite", "1", *TINY])
+    # one warning for each split holding the mismatched image (val does not)
+    assert [str(w.message).split(" differ")[0] for w in caught if "differ in size" in str(w.message)] == [
+        "grounding train: 1 of 3 images", "grounding test: 1 of 2 images"]
     log = capsys.readouterr().out
     assert f"data.root {user}: layout flickr30k_entities (detected)" in log
     assert "grounding train: 3 images, 8 captions" in log and "1 empty boxes skipped" in log
@@ -242,6 +248,33 @@ def test_v2_augmentation_keeps_boxes_on_their_pixels_and_swaps_left_right(tmp_pa
         assert it["caption"][a:b] == "a sign"
     assert 0 < flips < 16
     assert torch.equal(torch.get_rng_state(), state)  # colour draws leave the global RNG alone
+
+
+def test_the_repositorys_annotations_zip_is_read_in_place(tmp_path, capsys):
+    unpacked = make_flickr(tmp_path / "unpacked")
+    user = tmp_path / "clone"  # the repository as cloned (annotations.zip) + the Flickr30k images
+    shutil.copytree(os.path.join(unpacked, "flickr30k-images"), user / "flickr30k-images")
+    for split in SPLITS:
+        shutil.copy(os.path.join(unpacked, f"{split}.txt"), user)
+    with zipfile.ZipFile(user / "annotations.zip", "w") as z:
+        for sub in ("Annotations", "Sentences"):
+            for name in sorted(os.listdir(os.path.join(unpacked, sub))):
+                z.write(os.path.join(unpacked, sub, name), f"{sub}/{name}")
+    before = tree_hashes(user)
+    cfg = load_config(["--family", "grounding", "--data.root", str(user), "--data.generate", "false"])
+    fam.prepare_data(cfg)
+    assert "layout flickr30k_entities_zip (detected)" in capsys.readouterr().out
+    zipped = fam.build_datasets(cfg)
+    for split in SPLITS:
+        want = GroundingDataset(unpacked, split, image_size=cfg["data"]["image_size"])
+        assert [r["captions"] for r in zipped[split].records] == [r["captions"] for r in want.records]
+        assert [r["ann"] for r in zipped[split].records] == [r["ann"] for r in want.records]
+        for k, v in zipped[split].get(0, 0).items():
+            assert v == want.get(0, 0)[k] if isinstance(v, str) else torch.equal(v, want.get(0, 0)[k]), k
+    assert tree_hashes(user) == before  # read in place: nothing unpacked, nothing added
+    with pytest.raises(UserDataError, match=r"--data.format flickr30k_entities_zip expects annotations.zip"):
+        fam.prepare_data(load_config(["--family", "grounding", "--data.root", unpacked, "--data.generate",
+                                      "false", "--data.format", "flickr30k_entities_zip"]))
 
 
 def test_detection_lists_what_it_looked_for_and_format_is_checked(tmp_path):

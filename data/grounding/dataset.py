@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from data.grounding.augment import View
+from data.grounding.files import AnnotationFiles
 from data.grounding.format import read_annotation, read_sentences, read_split
 from data.grounding.spans import swap_left_right
 from training.data import item_rng
@@ -85,13 +86,16 @@ def boxed_phrase_count(caption, ann):
 
 
 class GroundingDataset(Dataset):
-    """``max_objects`` / ``max_entities``: None keeps every box and phrase
+    """``layout``: flickr30k_entities (Sentences/, Annotations/ folders) or
+    flickr30k_entities_zip (the repository's annotations.zip, read in place).
+    ``max_objects`` / ``max_entities``: None keeps every box and phrase
     (the collate pads to the batch's largest); a number caps them, and
     ``self.report`` says how many boxes and phrases the caps drop."""
 
     def __init__(self, root, split, image_size=64, patch_size=8, max_objects=None, max_entities=None,
                  train=False, crop_scale_min=0.7, hflip=0.5, color_jitter=0.0, randaugment=0,
-                 randaugment_magnitude=9, mask_strategy="none", mask_ratio=0.3, seed=0):
+                 randaugment_magnitude=9, mask_strategy="none", mask_ratio=0.3, seed=0,
+                 layout="flickr30k_entities"):
         if image_size % patch_size:
             raise ValueError(f"data.image_size {image_size} must be a multiple of model.patch_size {patch_size}")
         if mask_strategy not in MASK_STRATEGIES:
@@ -105,13 +109,19 @@ class GroundingDataset(Dataset):
         self.view = View(image_size, crop_scale_min, hflip, color_jitter, randaugment, randaugment_magnitude)
         self.mask_strategy, self.mask_ratio = mask_strategy, mask_ratio
         self.records = []
+        files = AnnotationFiles(root, zipped=layout == "flickr30k_entities_zip")
         for image_id in read_split(root, split):
             img_path = os.path.join(root, "flickr30k-images", f"{image_id}.jpg")
             if not os.path.exists(img_path):
                 raise FileNotFoundError(f"{img_path}: image of split {split!r} not found")
-            self.records.append({"id": image_id, "image": img_path,
-                                 "captions": read_sentences(os.path.join(root, "Sentences", f"{image_id}.txt")),
-                                 "ann": read_annotation(os.path.join(root, "Annotations", f"{image_id}.xml"))})
+            where, raw = files.read("Sentences", f"{image_id}.txt")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 text ({e})") from None
+            self.records.append({"id": image_id, "image": img_path, "captions": read_sentences(where, text),
+                                 "ann": read_annotation(*files.read("Annotations", f"{image_id}.xml"))})
+        files.close()
         # (image, caption) pairs, for evaluation over every caption
         self.pairs = [(i, c) for i, r in enumerate(self.records) for c in range(len(r["captions"]))]
         self.rescaled = self._match_image_sizes()

@@ -96,11 +96,14 @@ def format_caption(segments):
     return "".join(s if isinstance(s, str) else f"[/EN#{s[0]}/{s[1]} {s[2]}]" for s in segments)
 
 
-def read_sentences(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: sentence file not found")
-    with open(path, encoding="utf-8") as f:
-        lines = [ln.rstrip("\n") for ln in f if ln.strip()]
+def read_sentences(path, text=None):
+    """Captions of Sentences/<id>.txt (``text``: its contents, read elsewhere; ``path`` names it)."""
+    if text is None:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: sentence file not found")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    lines = [ln for ln in text.split("\n") if ln.strip()]
     if not lines:
         raise ValueError(f"{path}: no captions (expected one marked-up caption a line)")
     return [parse_caption(ln, f"{path} line {k + 1}") for k, ln in enumerate(lines)]
@@ -116,11 +119,15 @@ def _int_field(node, tag, path):
         raise ValueError(f"{path}: field <{tag}> = {el.text!r}, expected a number") from None
 
 
-def read_annotation(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: annotation file not found")
+def read_annotation(path, text=None):
+    """Annotations/<id>.xml (``text``: its contents, read elsewhere; ``path`` names it)."""
+    if text is None:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: annotation file not found")
+        with open(path, "rb") as f:
+            text = f.read()
     try:
-        root = ET.parse(path).getroot()
+        root = ET.fromstring(text)
     except ET.ParseError as e:
         raise ValueError(f"{path}: not valid XML ({e})") from None
     size = root.find("size")

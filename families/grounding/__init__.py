@@ -10,6 +10,7 @@ import os
 from data.cache import UserDataError, check_user_folder, ensure_generated, resolve_root
 from data.layout import Layout, detect_layout, exists
 from data.grounding.dataset import GroundingDataset, collate  # noqa: F401  (contract)
+from data.grounding.files import ZIP
 from data.grounding.generate import generate
 from families.grounding.evaluation import evaluate  # noqa: F401  (contract)
 from losses.grounding_loss import GroundingLoss
@@ -33,7 +34,18 @@ LAYOUTS = [
            "Sentences/<id>.txt, Annotations/<id>.xml (BryanPlummer/flickr30k_entities, "
            "annotations.zip unpacked), flickr30k-images/<id>.jpg (the Flickr30k images) and "
            "train.txt/val.txt/test.txt"),
+    Layout("flickr30k_entities_zip", _all(exists(ZIP), exists("flickr30k-images")),
+           f"{ZIP} holding Sentences/ and Annotations/ (the repository as cloned; read in place), "
+           "flickr30k-images/<id>.jpg and train.txt/val.txt/test.txt"),
 ]
+
+
+def layout(cfg):
+    """The layout's name: the generator's for generated data, else what data.root holds."""
+    d = cfg["data"]
+    if d["generate"]:
+        return LAYOUTS[0].name
+    return detect_layout(data_root(cfg), LAYOUTS, d["format"], "grounding").name
 
 
 def data_root(cfg):
@@ -72,7 +84,8 @@ def build_datasets(cfg):
                   max_entities=d["max_entities"], crop_scale_min=d["crop_scale_min"], hflip=d["hflip"],
                   color_jitter=d["color_jitter"], randaugment=d["randaugment"],
                   randaugment_magnitude=d["randaugment_magnitude"],
-                  mask_strategy=d["mask_strategy"], mask_ratio=d["mask_ratio"], seed=cfg["seed"])
+                  mask_strategy=d["mask_strategy"], mask_ratio=d["mask_ratio"], seed=cfg["seed"],
+                  layout=layout(cfg))
     root = data_root(cfg)
     out = {split: GroundingDataset(root, split, train=split == "train", **common)
            for split in ("train", "val", "test")}
