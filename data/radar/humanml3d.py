@@ -1,0 +1,458 @@
+"""HumanML3D motion -> radar: mmExpert's data pipeline, from the joints alone.
+
+``simulate_humanml3d(src_dir, out_root, workers=1, **params)`` reads a
+HumanML3D folder (BRIEF section 2)::
+
+    new_joints/{id}.npy  [T, 22, 3] SMPL-22 joints, metres, Y up, 20 fps;
+                         ids ``M{id}`` are the left/right mirrored copies
+    texts/{id}.txt       ``caption#tok/POS ...#start#end`` (start = end = 0:
+                         the whole motion, else seconds start..end of it)
+    train.txt val.txt test.txt   one id a line
+
+and writes, through data/cache.py's ``ensure_generated`` (marker with every
+parameter, the source folder's path and a digest of its file list, so a
+changed source rebuilds; a folder of somebody else's data is refused), the
+project's layout that data/radar/dataset.py reads::
+
+    mmwave/{clip}{P}.npz   range_time [256, T], doppler_time [128, T],
+                           azimuth_time [128, T] float32, P a placement A..H
+    texts/{clip}{P}.txt    the clip's caption lines (#0.0#0.0: the whole clip)
+    meta/{clip}{P}.json    {"num_frames", "captions", "actions",
+                           "order_swapped_captions", "source": {...}}
+    _split/{train,val,test}.json   {key: {"filefolder": ".", "fileindex", "captions"}}
+    data_info.json         params, radar config, counts of what was skipped and why
+
+and/or (``layout`` "mmexpert" / "both") the public mmExpert layout, so that
+mmExpert's own loader (``Text2DopplerDatasetV2``) reads our data with
+out_root as its repository root::
+
+    dataset/HumanML3D/udoppler/{clip}A.npy            [T, 128] Doppler-time (time first)
+    dataset/HumanML3D/udoppler_rotation/{clip}{P}.npy  every placement (its augmentation)
+    dataset/HumanML3D/_split/{train,val,test,all}.json
+        {"000000": {"filefolder": "dataset/HumanML3D/udoppler", "fileindex": clip, "captions"}}
+
+Clips follow HumanML3D's own loader: the ``#0.0#0.0`` lines are the whole
+motion's captions (clip ``{id}``); a line for seconds start..end is a clip of
+frames ``int(start*fps):int(end*fps)`` (lines with the same span share one
+clip, ``{id}_f{a}-{b}``); clips shorter than ``min_frames`` (HumanML3D: 40)
+or longer than ``max_frames`` are skipped and counted. Captions are served
+lower-case without the trailing period (mmExpert's cleaning).
+
+Splits: a clip is in the split whose list names it; its placements and its
+``M`` mirror go with it (a mirror listed elsewhere is moved to its
+original's split, with a warning), so no motion is in two splits. Training
+clips get every placement in ``placements``; val and test only
+``eval_placements`` (default A), so a gallery holds each motion once.
+
+Beyond HumanML3D, a source may hold ``meta/{id}.json`` ({"actions",
+"captions", "order_swapped_captions"}) and ``actions.json`` ({"actions",
+"action_prompts"}), as ``--export-sim`` writes for the simulator's own
+motions (data/radar/humanml3d_export.py): they are carried over to whole
+clips, so temporal-order and zero-shot evaluation work on that data too.
+
+Physics per clip and placement: data/radar/smpl.py (scatterers along the
+SMPL-22 bones, positions and velocities from a cubic spline at the radar's
+frame rate, placements), the simulator's scene (a side-wall multipath image
+and static clutter, as data/radar/sim.py) and ``fmcw.radar_maps``.
+"""
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import warnings
+import zlib
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from data.cache import UserDataError, ensure_generated, read_marker, resolve_root
+from data.radar.fmcw import RadarConfig, radar_maps
+from data.radar.humanml3d_export import export_sim_motions
+from data.radar.smpl import PLACEMENTS, check_joint_shape, check_joints, extend, place, resample, scatterers
+from data.radar.text import clean_caption
+
+FORMAT_VERSION = 1   # bump when the simulation changes: it is part of the cache key
+SPLITS = ("train", "val", "test")
+HUMANML3D_DEFAULTS = {
+    "placements": PLACEMENTS,      # training clips: one clip per radar placement
+    "eval_placements": "A",        # val/test clips
+    "layout": "project",           # project | mmexpert | both
+    "distance": 3.0,               # m, root trajectory's mean on the boresight
+    "min_distance": 1.0,           # m, no joint closer to the radar's plane
+    "fps": 20.0,                   # HumanML3D's frame rate
+    "frame_rate": 20.0,            # radar frames/s
+    "min_frames": 40,              # HumanML3D's min_motion_len
+    "max_frames": None,            # None: any length
+    "scatterers_per_bone": 4,
+    "clutter_points": (3, 8),      # as data/radar/sim.py
+    "multipath": True,
+    "wall_reflection": 0.3,
+    "noise_power": 1e-6,
+    "noise_looks": 16,
+    "gain": 1000.0,
+    "seed": 0,
+}
+
+
+# ------------------------------------------------------------------ the source folder
+def _lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def read_splits(src):
+    """{id: split} from train/val/test.txt; an id listed twice is an error."""
+    missing = [f"{s}.txt" for s in SPLITS if not os.path.isfile(os.path.join(src, f"{s}.txt"))]
+    if missing:
+        raise UserDataError(f"{src}: HumanML3D split lists {missing} not found; expected "
+                            "train.txt, val.txt and test.txt, one motion id a line")
+    where = {}
+    for split in SPLITS:
+        for cid in _lines(os.path.join(src, f"{split}.txt")):
+            if where.get(cid, split) != split:
+                raise UserDataError(f"{src}: id {cid!r} is listed in {where[cid]}.txt and {split}.txt; "
+                                    "expected each motion in one split")
+            where[cid] = split
+    return where
+
+
+def parse_texts(path, fps):
+    """texts/{id}.txt -> {(first, end) frames or None for the whole motion: [(caption, tokens)]}."""
+    spans = {}
+    for n, line in enumerate(_lines(path), 1):
+        parts = line.split("#")
+        if len(parts) == 1:          # a bare caption: the whole motion
+            parts = [parts[0], "", "0.0", "0.0"]
+        if len(parts) != 4:
+            raise UserDataError(f"{path}:{n}: {len(parts)} '#'-separated fields; expected "
+                                "caption#tokens#start#end (HumanML3D texts)")
+        try:
+            start, end = (float(x) if x.strip().lower() != "nan" else 0.0 for x in parts[2:])
+        except ValueError:
+            raise UserDataError(f"{path}:{n}: start/end {parts[2]!r}, {parts[3]!r}; expected seconds "
+                                "(0.0#0.0 for the whole motion)") from None
+        span = None if start == 0.0 and end == 0.0 else (int(start * fps), int(end * fps))
+        spans.setdefault(span, []).append((parts[0].strip(), parts[1].strip()))
+    return spans
+
+
+def source_digest(src):
+    """Digest of the source's file list (name, size, mtime): a changed source rebuilds."""
+    h = hashlib.sha256()
+    for sub in ("new_joints", "texts", "meta"):
+        d = os.path.join(src, sub)
+        if os.path.isdir(d):
+            for e in sorted(os.scandir(d), key=lambda e: e.name):
+                st = e.stat()
+                h.update(f"{sub}/{e.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for name in [f"{s}.txt" for s in SPLITS] + ["actions.json"]:
+        path = os.path.join(src, name)
+        if os.path.isfile(path):
+            st = os.stat(path)
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def plan_clips(src, p):
+    """The clips to simulate, grouped by source motion: (jobs, skipped counts).
+    A job is (joints path, [clip dict]); reads only the npy headers."""
+    where = read_splits(src)
+    joints_dir = os.path.join(src, "new_joints")
+    if not os.path.isdir(joints_dir):
+        raise UserDataError(f"{src}: no new_joints/ folder; expected new_joints/{{id}}.npy [T, 22, 3] "
+                            "(HumanML3D's SMPL-22 joints)")
+    present = sorted(f[:-4] for f in os.listdir(joints_dir) if f.endswith(".npy"))
+    skipped = {k: 0 for k in ("unlisted", "listed_missing", "no_text", "short", "long", "empty_span",
+                              "mirror_moved")}
+    skipped["listed_missing"] = len(set(where) - set(present))
+    placements = {s: p["placements"] if s == "train" or p["layout"] != "project" else p["eval_placements"]
+                  for s in SPLITS}
+    jobs = []
+    for mid in present:
+        base = mid[1:] if mid.startswith("M") and mid[1:] in where else mid
+        split = where.get(base)
+        if split is None:
+            skipped["unlisted"] += 1
+            continue
+        skipped["mirror_moved"] += int(mid in where and where[mid] != split)
+        path = os.path.join(joints_dir, f"{mid}.npy")
+        t_len = _num_frames(path)
+        txt = os.path.join(src, "texts", f"{mid}.txt")
+        if not os.path.isfile(txt):
+            skipped["no_text"] += 1
+            continue
+        meta = _source_meta(src, mid)
+        clips = []
+        for span, lines in parse_texts(txt, p["fps"]).items():
+            a, b = (0, t_len) if span is None else (span[0], min(span[1], t_len))
+            if b <= a:
+                skipped["empty_span"] += 1
+                continue
+            if b - a < p["min_frames"]:
+                skipped["short"] += 1
+                continue
+            if p["max_frames"] is not None and b - a > p["max_frames"]:
+                skipped["long"] += 1
+                continue
+            name = mid if span is None else f"{mid}_f{a}-{b}"
+            captions = [clean_caption(c) for c, _ in lines]
+            carry = meta if span is None and meta.get("captions") == captions else {}
+            clips.append({"name": name, "source": mid, "frames": [a, b], "lines": lines,
+                          "captions": captions, "split": split, "placements": placements[split],
+                          "actions": carry.get("actions", []),
+                          "swapped": carry.get("order_swapped_captions", [])})
+        if clips:
+            jobs.append((path, clips))
+    if not jobs:
+        raise UserDataError(f"{src}: no clip to simulate (skipped: {skipped}); expected ids listed in "
+                            "train/val/test.txt with new_joints/{id}.npy and texts/{id}.txt")
+    return jobs, skipped
+
+
+def _num_frames(path):
+    """T of a new_joints file, from its header; the shape is checked here, before any work."""
+    try:
+        shape = np.load(path, mmap_mode="r").shape
+    except (OSError, ValueError) as e:
+        raise UserDataError(f"{path}: not a readable .npy file ({e})") from None
+    check_joint_shape(shape, path)
+    return shape[0]
+
+
+def _source_meta(src, mid):
+    path = os.path.join(src, "meta", f"{mid}.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------ simulation
+def add_scene(rng, pos, vel, rcs, p):
+    """The simulator's scene around the body (data/radar/sim.py): a side wall's
+    mirror image (multipath) and static clutter points. Arrays [T, P, ...]."""
+    if p["multipath"]:
+        side = rng.choice([-1.0, 1.0])
+        wall = side * (max(float((side * pos[..., 0]).max()), 0.0) + rng.uniform(0.5, 2.5))
+        mpos, mv = pos.copy(), vel.copy()
+        mpos[..., 0], mv[..., 0] = 2 * wall - pos[..., 0], -vel[..., 0]
+        pos, vel = np.concatenate([pos, mpos], 1), np.concatenate([vel, mv], 1)
+        rcs = np.concatenate([rcs, p["wall_reflection"] * rcs], 1)
+    lo, hi = p["clutter_points"]
+    if hi > 0:
+        k, t_len = int(rng.integers(lo, hi + 1)), pos.shape[0]
+        r, az = rng.uniform(1.5, 10.0, k), rng.uniform(-1.2, 1.2, k)
+        cpos = np.stack([r * np.sin(az), r * np.cos(az), rng.uniform(0, 2.0, k)], -1)
+        pos = np.concatenate([pos, np.broadcast_to(cpos, (t_len, k, 3))], 1)
+        vel = np.concatenate([vel, np.zeros((t_len, k, 3))], 1)
+        rcs = np.concatenate([rcs, np.broadcast_to(10 ** rng.uniform(-3, -1.5, k), (t_len, k))], 1)
+    return pos, vel, rcs
+
+
+def simulate_motion(joints, placements, p, name="clip"):
+    """SMPL-22 joints [T, 22, 3] (HumanML3D frame, p["fps"]) -> {placement: {view: [bins, N]}}.
+    Randomness (scene, noise) from (seed, name, placement): any worker count, same bytes."""
+    cfg = RadarConfig(frame_rate=p["frame_rate"])
+    radar_pos = np.array([0.0, 0.0, cfg.height])
+    pos_h, vel_h = resample(extend(joints), p["fps"], p["frame_rate"])   # [N, 25, 3] each
+    out = {}
+    for letter in placements:
+        rng = np.random.default_rng([int(p["seed"]), zlib.crc32(name.encode()), PLACEMENTS.index(letter)])
+        pos, vel = place(pos_h, vel_h, letter, p["distance"], p["min_distance"])
+        sp, sv, rcs = scatterers(pos, vel, p["scatterers_per_bone"], radar_pos)
+        sp, sv, rcs = add_scene(rng, sp, sv, rcs, p)
+        noise = p["noise_power"] * 10 ** rng.uniform(-0.3, 0.3)
+        rt, dt, at = radar_maps(sp, sv, rcs, cfg, noise_power=noise, gain=p["gain"], rng=rng,
+                                noise_looks=p["noise_looks"])
+        out[letter] = {"range_time": rt, "doppler_time": dt, "azimuth_time": at}
+    return out
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def _write_clip(root, clip, maps, p):
+    """Write one clip's placements in the chosen layout(s)."""
+    mm = os.path.join(root, "dataset", "HumanML3D")
+    for letter, views in maps.items():
+        key = clip["name"] + letter
+        if p["layout"] in ("project", "both"):
+            with open(os.path.join(root, "mmwave", f"{key}.npz"), "wb") as f:
+                np.savez(f, **views)
+            with open(os.path.join(root, "texts", f"{key}.txt"), "w") as f:
+                f.write("".join(f"{c}#{tok}#0.0#0.0\n" for c, tok in clip["lines"]))
+            _write_json(os.path.join(root, "meta", f"{key}.json"), {
+                "num_frames": int(views["doppler_time"].shape[1]), "captions": clip["captions"],
+                "actions": clip["actions"], "order_swapped_captions": clip["swapped"],
+                "source": {"id": clip["source"], "frames": clip["frames"], "placement": letter}})
+        if p["layout"] in ("mmexpert", "both"):
+            dop = np.ascontiguousarray(views["doppler_time"].T)               # [T, 128], time first
+            np.save(os.path.join(mm, "udoppler_rotation", f"{clip['name']}{letter}.npy"), dop)
+            if letter == "A":
+                np.save(os.path.join(mm, "udoppler", f"{clip['name']}A.npy"), dop)
+
+
+def _init_worker():
+    # One thread per process: radar_maps' small matrix products run far slower when
+    # BLAS/torch threads of several workers fight over the cores.
+    threadpool_limits(limits=1)
+    torch.set_num_threads(1)
+
+
+def _simulate_job(job):
+    """Worker: every clip of one source motion; returns [(clip dict, frames, ok)]."""
+    root, path, clips, p = job
+    with threadpool_limits(limits=1):
+        joints = check_joints(np.load(path), path)
+        if not np.all(np.isfinite(joints)):
+            return [(c, 0, False) for c in clips]
+        done = []
+        for clip in clips:
+            a, b = clip["frames"]
+            maps = simulate_motion(joints[a:b], clip["placements"], p, clip["name"])
+            _write_clip(root, clip, maps, p)
+            done.append((clip, int(next(iter(maps.values()))["doppler_time"].shape[1]), True))
+        return done
+
+
+# ------------------------------------------------------------------ the dataset
+def humanml3d_params(src_dir, **params):
+    """Every parameter the output depends on (the cache key): defaults with
+    ``params`` applied, the source's absolute path and file-list digest, the
+    format version. Worker counts are not among them."""
+    unknown = set(params) - set(HUMANML3D_DEFAULTS)
+    if unknown:
+        raise ValueError(f"simulate_humanml3d: unknown parameters {sorted(unknown)}; expected some "
+                         f"of {sorted(HUMANML3D_DEFAULTS)}")
+    p = {**HUMANML3D_DEFAULTS, **params}
+    p["clutter_points"] = list(p["clutter_points"])
+    for key in ("placements", "eval_placements"):
+        if not p[key] or set(p[key]) - set(PLACEMENTS) or len(set(p[key])) != len(p[key]):
+            raise ValueError(f"simulate_humanml3d: {key}={p[key]!r}; expected distinct letters of {PLACEMENTS}")
+    if p["layout"] not in ("project", "mmexpert", "both"):
+        raise ValueError(f"simulate_humanml3d: layout={p['layout']!r}; expected project, mmexpert or both")
+    if p["layout"] != "project" and "A" not in p["placements"]:
+        raise ValueError("simulate_humanml3d: the mmExpert layout needs placement A in placements "
+                         "(its loader reads udoppler/{id}A.npy)")
+    src = resolve_root(src_dir)
+    if not os.path.isdir(src):
+        raise UserDataError(f"{src}: HumanML3D folder not found")
+    p.update(source=src, source_digest=source_digest(src), format_version=FORMAT_VERSION)
+    return p
+
+
+def build_humanml3d(src, root, p, workers=1, plan=None):
+    """Simulate every clip of ``src`` into the new folder ``root`` (no cache rule: see
+    ``simulate_humanml3d``; ``plan``: ``plan_clips``'s result). Returns data_info's dict."""
+    jobs, skipped = plan if plan is not None else plan_clips(src, p)
+    skipped = dict(skipped)
+    dirs = ["mmwave", "texts", "meta", "_split"] if p["layout"] != "mmexpert" else []
+    if p["layout"] != "project":
+        dirs += [os.path.join("dataset", "HumanML3D", d) for d in ("udoppler", "udoppler_rotation", "_split")]
+    for d in dirs:
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    tasks = [(root, path, clips, p) for path, clips in jobs]
+    n_clips = sum(len(c) for _, c in jobs)
+    if workers > 1:
+        # spawn, not fork: forking a process whose torch/OpenMP threads hold locks can deadlock
+        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+            results = list(tqdm(pool.imap(_simulate_job, tasks, chunksize=4), total=len(tasks),
+                                desc=f"HumanML3D -> radar ({n_clips} clips)", mininterval=5))
+    else:
+        results = [_simulate_job(t) for t in tqdm(tasks, desc=f"HumanML3D -> radar ({n_clips} clips)",
+                                                  mininterval=5)]
+    done = [r for rs in results for r in rs]
+    skipped["non_finite"] = sum(1 for _, _, ok in done if not ok)
+    split_json, mm_json = {s: {} for s in SPLITS}, {s: {} for s in SPLITS}
+    for clip, _, ok in done:
+        if not ok:
+            continue
+        s = clip["split"]
+        keep = clip["placements"] if s == "train" else p["eval_placements"]
+        for letter in keep:
+            key = clip["name"] + letter
+            split_json[s][key] = {"filefolder": ".", "fileindex": key, "captions": clip["captions"]}
+        mm_json[s][clip["name"]] = {"filefolder": "dataset/HumanML3D/udoppler", "fileindex": clip["name"],
+                                    "captions": clip["captions"]}
+    for name, n in skipped.items():
+        if n and name != "mirror_moved":
+            warnings.warn(f"{src}: {n} motions/clips skipped ({name}; see data_info.json)")
+    if skipped["mirror_moved"]:
+        warnings.warn(f"{src}: {skipped['mirror_moved']} mirrored M-ids listed in another split than their "
+                      "original; put in the original's split")
+    if p["layout"] != "mmexpert":
+        for s in SPLITS:
+            _write_json(os.path.join(root, "_split", f"{s}.json"), split_json[s])
+    if p["layout"] != "project":
+        mm_split = os.path.join(root, "dataset", "HumanML3D", "_split")
+        mm_json["all"] = {f"{s}/{k}": e for s in SPLITS for k, e in mm_json[s].items()}
+        for s, entries in mm_json.items():   # mmExpert's keys: 000000, 000001, ...
+            _write_json(os.path.join(mm_split, f"{s}.json"),
+                        {f"{i:06d}": e for i, e in enumerate(entries.values())})
+    actions = {}
+    if os.path.isfile(os.path.join(src, "actions.json")):
+        with open(os.path.join(src, "actions.json")) as f:
+            actions = json.load(f)
+    info = {"params": p, "radar": RadarConfig(frame_rate=p["frame_rate"]).as_dict(),
+            "actions": actions.get("actions", []), "action_prompts": actions.get("action_prompts", {}),
+            "splits": {s: len(split_json[s]) for s in SPLITS},
+            "motions": {s: len(mm_json[s]) for s in SPLITS}, "skipped": skipped}
+    _write_json(os.path.join(root, "data_info.json"), info)
+    return info
+
+
+def simulate_humanml3d(src_dir, out_root, workers=1, **params):
+    """The absolute ``out_root`` holding the radar views of every clip of the
+    HumanML3D folder ``src_dir`` (simulated unless a finished build for the same
+    parameters and source is there; the rules of data/cache.py)."""
+    p = humanml3d_params(src_dir, **params)
+    if os.path.commonpath([p["source"], resolve_root(out_root)]) == p["source"]:
+        raise UserDataError(f"{resolve_root(out_root)}: inside the HumanML3D folder {p['source']}; "
+                            "expected the output elsewhere (the source is never written into)")
+    cached = read_marker(resolve_root(out_root)) if os.path.isdir(resolve_root(out_root)) else None
+    # the source is read (and its errors raised) before anything is written
+    same = cached is not None and cached.get("params") == json.loads(json.dumps(p, default=str))
+    plan = None if same else plan_clips(p["source"], p)
+    return ensure_generated(out_root, p, lambda tmp: build_humanml3d(p["source"], tmp, p, workers, plan),
+                            "radar views of HumanML3D motions")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m data.radar.humanml3d", description=__doc__.split("\n")[0])
+    ap.add_argument("--src", help="HumanML3D folder (new_joints/, texts/, train/val/test.txt)")
+    ap.add_argument("--out", required=True, help="output folder (new, empty, or an earlier build)")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--placements", default=HUMANML3D_DEFAULTS["placements"])
+    ap.add_argument("--eval-placements", default=HUMANML3D_DEFAULTS["eval_placements"])
+    ap.add_argument("--layout", default="project", choices=("project", "mmexpert", "both"))
+    ap.add_argument("--min-frames", type=int, default=HUMANML3D_DEFAULTS["min_frames"])
+    ap.add_argument("--max-frames", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--export-sim", type=int, metavar="N", help="instead: write N of the simulator's own "
+                    "motions as a HumanML3D-format folder into --out")
+    ap.add_argument("--num-val", type=int, default=None, help="--export-sim: val clips (default N/10)")
+    ap.add_argument("--num-test", type=int, default=None, help="--export-sim: test clips (default N/10)")
+    a = ap.parse_args(argv)
+    if a.export_sim is not None:
+        n_val = a.num_val if a.num_val is not None else a.export_sim // 10
+        n_test = a.num_test if a.num_test is not None else a.export_sim // 10
+        out = export_sim_motions(a.out, a.export_sim - n_val - n_test, n_val, n_test, seed=a.seed)
+        print(f"wrote {a.export_sim} simulator motions as HumanML3D (SMPL-22 new_joints) to {out}")
+        return
+    if not a.src:
+        ap.error("--src is required (or --export-sim N)")
+    out = simulate_humanml3d(a.src, a.out, workers=a.workers, placements=a.placements,
+                             eval_placements=a.eval_placements, layout=a.layout, min_frames=a.min_frames,
+                             max_frames=a.max_frames, seed=a.seed)
+    with open(os.path.join(out, "data_info.json")) as f:
+        info = json.load(f)
+    print(f"{out}: {info['splits']} radar clips from {info['motions']} motions; skipped {info['skipped']}")
+
+
+if __name__ == "__main__":
+    main()
