@@ -1,0 +1,89 @@
+"""The text tower of a CLIP or CLAP checkpoint (CLIPTextModel, ClapTextModel),
+or any transformers AutoModel; null = the bundled all-MiniLM-L6-v2. Output
+is models/text_encoder.py's TextOutput (projected pooled and token features,
+mask, the fast tokenizer's character offsets), so a family can swap it in.
+
+``encode_embeds`` runs the same body on embeddings made elsewhere (TimesCLIP's
+language branch: a linear patch tokenizer in place of the token embedding).
+"""
+import torch
+import torch.nn as nn
+from transformers import AutoTokenizer, CLIPTextModel
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+
+from models.text_encoder import TextOutput
+from models.towers.loading import TEXT_TYPES, load_tower, read_model_type, resolve_pretrained
+from models.towers.trainable import Tower
+
+NOT_TEXT = ("vit", "clip_vision_model", "clap_audio_model", "audio-spectrogram-transformer")
+
+
+class TextTower(Tower):
+    def __init__(self, settings, key="model.text", embed_dim=256, max_length=77, pooling=None):
+        settings = dict(settings or {})
+        path = resolve_pretrained(settings.get("pretrained"), key + ".pretrained", bundled_text=True)
+        model_type, archs = read_model_type(path)
+        if model_type in NOT_TEXT:
+            raise ValueError(f"{key}.pretrained: {path!r} holds a model of type {model_type!r} "
+                             f"(architectures {archs}), which has no text tower; expected clip, "
+                             "clap or a text model")
+        backbone, path = load_tower(path, TEXT_TYPES if model_type in TEXT_TYPES else None,
+                                    key + ".pretrained")
+        super().__init__(backbone, settings, key)
+        self.source = path
+        self.tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"{key}.pretrained: {path!r} has no fast tokenizer (tokenizer.json); "
+                             "span offsets need one")
+        # The checkpoint's own pooling: CLIP's end-of-text token, CLAP's
+        # (RoBERTa) pooler; a sentence encoder's mean otherwise.
+        self.pooling = pooling or ("pooler" if model_type in TEXT_TYPES else "mean")
+        if self.pooling not in ("cls", "mean", "pooler", "max"):
+            raise ValueError(f"{key}.pooling: cls, mean, pooler or max, got {self.pooling!r}")
+        cfg = backbone.config
+        limit = getattr(cfg, "max_position_embeddings", max_length)
+        if model_type in ("clap", "clap_text_model", "roberta"):
+            limit -= 2   # RoBERTa positions start after the padding index
+        self.max_length = min(max_length, limit)
+        self.hidden_size = cfg.hidden_size
+        self.proj = nn.Linear(self.hidden_size, embed_dim)
+
+    def tokenize(self, captions):
+        return self.tokenizer(list(captions), padding=True, truncation=True,
+                              max_length=self.max_length, return_tensors="pt",
+                              return_offsets_mapping=True)
+
+    def forward(self, captions):
+        device = self.proj.weight.device
+        tok = self.tokenize(captions)
+        inputs = {k: v.to(device) for k, v in tok.items() if k != "offset_mapping"}
+        out = self.backbone(**inputs)
+        hidden = out.last_hidden_state                                  # [B, L, H]
+        mask = inputs["attention_mask"].bool()                           # [B, L]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "pooler":
+            pooled = out.pooler_output
+        elif self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "mean":
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+        else:
+            pooled = hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
+        return TextOutput(features=self.proj(pooled), tokens=self.proj(hidden), mask=mask,
+                          offsets=tok["offset_mapping"].to(device), input_ids=inputs["input_ids"])
+
+    def encode_embeds(self, embeds, mask=None, causal=None):
+        """The body over ``embeds`` [B, L, H] (positions added here, as for
+        tokens) -> hidden [B, L, H]. CLIP's text transformer is causal by
+        training; ``causal=False`` lets every token see every other."""
+        m = self.backbone
+        if not isinstance(m, CLIPTextModel):
+            return m(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        causal = True if causal is None else causal
+        pos = m.embeddings.position_embedding(m.embeddings.position_ids[:, :embeds.shape[1]])
+        x = embeds + pos
+        make = create_causal_mask if causal else create_bidirectional_mask
+        kw = {"cache": None} if causal else {}
+        attn = make(config=m.config, inputs_embeds=x, attention_mask=mask, **kw)
+        x = m.encoder(inputs_embeds=x, attention_mask=attn, is_causal=causal).last_hidden_state
+        return m.final_layer_norm(x)
