@@ -2,8 +2,8 @@
 
 ``scale_grad(x, f)`` is the identity in forward and multiplies the gradient
 by ``f`` in backward. The contrastive losses use it to undo DDP's mean over
-ranks (``losses/clip_loss.py``, f = world size); ``reverse_grad`` is seed
-002's GradientReversal (f = -lambda) in front of sCLAP's modality classifier.
+ranks (``losses/clip_loss.py``, f = world size); sCLAP's GradientReversal
+(seed 002, f = -lambda) wraps it in front of the modality classifier.
 """
 import torch
 
@@ -23,7 +23,3 @@ def scale_grad(x, factor):
     """Identity in forward; multiplies the gradient by ``factor``."""
     return ScaleGrad.apply(x, factor)
 
-
-def reverse_grad(x, lambda_=1.0):
-    """GradientReversal (Ganin & Lempitsky): identity in forward, gradient x -lambda_."""
-    return ScaleGrad.apply(x, -lambda_)
