@@ -147,6 +147,24 @@ def test_relinking_best_to_the_same_file_leaves_no_temporary(tmp_path):
     assert os.path.samefile(tmp_path / "best.pt", tmp_path / "best_step_00000001.pt")
 
 
+def test_resume_config_policy():
+    import pytest
+    from training.config import ConfigError
+    from training.state import resume_config
+    saved = {"epochs": 2, "lr": 0.1, "workers": 1, "model": {"dim": 8}, "data": {"n": 4}}
+    now = {"epochs": 5, "lr": 0.2, "workers": None, "model": {"dim": 8, "new_key": 3},
+           "data": {"n": 4}}
+    cfg, lines = resume_config(saved, now, cli={"epochs"})
+    assert cfg == {"epochs": 5, "lr": 0.1, "workers": None, "model": {"dim": 8, "new_key": 3},
+                   "data": {"n": 4}}
+    text = "\n".join(lines)
+    assert "changes epochs 2 -> 5" in text and "workers" not in text  # unset: chosen again
+    assert "differs from the checkpoint in lr (checkpoint 0.1, now 0.2)" in text
+    assert "predates take their current values: model.new_key 3" in text
+    with pytest.raises(ConfigError, match=r"fixes lr \(checkpoint 0.1, now 0.2\)"):
+        resume_config(saved, now, cli={"lr"})
+
+
 def test_sampler_orders_data_by_global_batch_on_any_number_of_ranks():
     import pytest
     from training.data import ResumableDistributedSampler

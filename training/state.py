@@ -105,16 +105,20 @@ def _unset(v):
 def resume_config(saved, current, cli, may_change=RESUME_MAY_CHANGE):
     """The resumed run's config: ``saved`` (the checkpoint's) with the keys of
     ``may_change`` taken from ``current``. ``cli``: the dotted keys the
-    command line set. Returns (config, lines to print); raises ConfigError
-    when the command line sets a fixed key to another value."""
+    command line set. A key the checkpoint does not have (added to the code
+    since) takes its current value. Returns (config, lines to print); raises
+    ConfigError when the command line sets a fixed key to another value."""
     def _may_change(key):
         return any(key == k or (k.endswith(".") and key.startswith(k)) for k in may_change)
 
     old, new = _flat(saved), _flat(current)
-    refused, ignored, changed = [], [], []
+    refused, ignored, changed, added = [], [], [], []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if a == b:
+            continue
+        if key not in old:
+            added.append(f"{key} {b!r}")
             continue
         if _may_change(key):
             if not _unset(b) or key in cli:
@@ -127,11 +131,14 @@ def resume_config(saved, current, cli, may_change=RESUME_MAY_CHANGE):
                           + ". Drop these flags, or start a new run with another --name")
     merged = copy.deepcopy(saved)
     for key, value in new.items():
-        if _may_change(key):
+        if _may_change(key) or key not in old:
             _put(merged, key, value)
     lines = []
     if changed:
         lines.append("resume: the command line changes " + "; ".join(changed))
+    if added:
+        lines.append("resume: keys the checkpoint predates take their current values: "
+                     + "; ".join(added))
     if ignored:
         lines.append("resume: the config file differs from the checkpoint in " + "; ".join(ignored)
                      + "; the checkpoint's values are used")
