@@ -88,3 +88,28 @@ def test_naive_accumulation_would_differ(tiny_cfg):
         (loss / 4).backward()
     naive = _grads(module)
     assert not torch.allclose(naive["model.a.0.weight"], ref["model.a.0.weight"], atol=1e-4)
+
+
+def test_reseeded_micro_batches_draw_the_masks_of_their_slice(tiny_cfg):
+    """With ``reseed`` (what the loop passes) micro-batch j draws its dropout
+    masks from seed_micro_batch(seed, position, j), whatever came before: the
+    reference encodes each chunk after the same reseed."""
+    from training.state import seed_micro_batch
+    module, batch = _setup(tiny_cfg, False, dropout=0.3)
+    chunks = [{key: v[i * 16:(i + 1) * 16] for key, v in batch.items()} for i in range(2)]
+    module.zero_grad()
+    feats = []
+    for j, c in enumerate(chunks):
+        seed_micro_batch(0, 5, j)
+        feats.append(module.model(c))
+    ref_loss, _ = module.criterion(cat_batches(feats), batch, 0)
+    ref_loss.backward()
+    ref = _grads(module)
+    module.zero_grad()
+    torch.manual_seed(123)  # the stream before the step does not matter
+    loss, _ = forward_backward(module, module, chunks, 0, contextlib.nullcontext, _NoScaler(),
+                               torch.device("cpu"), reseed=lambda j: seed_micro_batch(0, 5, j))
+    got = _grads(module)
+    assert torch.allclose(loss, ref_loss, atol=1e-6)
+    for name in ref:
+        assert torch.allclose(got[name], ref[name], atol=1e-6, rtol=1e-5), name
