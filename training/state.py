@@ -6,9 +6,9 @@ run's ``config`` and ``git_commit``; ``save_state`` / ``restore_state`` are
 the whole contract, used by stage 1, stage 2 and ``eval.py`` alike.
 
 The random streams are not stored: every micro-batch reseeds torch, numpy
-and random from (run seed, optimizer step, its slice of the global batch)
-(``seed_micro_batch``), so a resumed run draws what the uninterrupted run
-drew, on any number of ranks whose micro-batches have the same size.
+and random from (run seed, index of its global batch, its slice of that
+batch) (``seed_micro_batch``), so a resumed run draws what the uninterrupted
+run drew, on any number of ranks whose micro-batches have the same size.
 Per-item randomness in datasets comes from ``training.data.item_rng``.
 
 Resume policy: the checkpoint fixes everything that defines the model and
@@ -65,10 +65,12 @@ def save_state(objects, **extra):
 
 
 def restore_state(objects, state, where="checkpoint"):
-    """Load ``state[name]`` into every named object; a missing entry is an error."""
+    """Load ``state[name]`` into every named object; a missing entry is an error
+    (a checkpoint written before this contract, or by another program)."""
     missing = [name for name in objects if name not in state]
     if missing:
-        raise KeyError(f"{where}: no {', '.join(missing)} entry (keys: {sorted(state)})")
+        raise ConfigError(f"{where}: no {', '.join(missing)} entry (keys: {sorted(state)}); "
+                          f"expected a checkpoint written by train_stage1.py/train_stage2.py")
     for name, obj in objects.items():
         if isinstance(obj, torch.amp.GradScaler) and not state[name]:
             continue  # written by a run without fp16: a fresh scaler is the same thing
@@ -81,10 +83,11 @@ def seed_everything(seed):
     random.seed(seed)
 
 
-def seed_micro_batch(seed, step, slice_index):
-    """Reseed every stream for micro-batch ``slice_index`` of the global batch
-    of optimizer step ``step`` (slice = rank * accum_freq + micro index)."""
-    seed_everything(int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step),
+def seed_micro_batch(seed, batch_index, slice_index):
+    """Reseed every stream for micro-batch ``slice_index`` (rank * accum_freq +
+    micro index) of global batch ``batch_index`` (epoch * steps per epoch +
+    step in the epoch: the data position, skipped steps included)."""
+    seed_everything(int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(batch_index),
                                                 int(slice_index)]).generate_state(1)[0]))
 
 
