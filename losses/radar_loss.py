@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from losses import ClipLoss, SigLipLoss
-from losses.distributed import all_gather_no_grad, all_gather_with_grad, scale_grad
+from losses.distributed import gather_for_loss
 from models.radar.sequence_similarity import SequenceSimilarity
 
 
@@ -113,15 +113,8 @@ class RadarContrastiveLoss(nn.Module):
 
     # --- across ranks ------------------------------------------------------------
     def _gather(self, x):
-        """[n, ...] -> [world_size * n, ...] in rank order; masks and ids carry no gradient."""
-        if self.world_size == 1:
-            return x
-        if not x.is_floating_point():
-            return all_gather_no_grad(x, self.rank, self.world_size)
-        if self.gather_with_grad:
-            return all_gather_with_grad(x, self.rank, self.world_size)
-        # the global loss on every rank: undo DDP's 1/world_size on this rank's features
-        return all_gather_no_grad(scale_grad(x, float(self.world_size)), self.rank, self.world_size)
+        """[n, ...] -> [world_size * n, ...] in rank order (losses/distributed.py)."""
+        return gather_for_loss(x, self.rank, self.world_size, self.gather_with_grad)
 
     def _gather_seq(self, x, mask):
         """Token features [n, L, D] and mask [n, L], L differing across ranks ->
