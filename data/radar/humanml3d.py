@@ -297,7 +297,7 @@ def _write_clip(root, clip, maps, p):
                 np.save(os.path.join(mm, "udoppler", f"{clip['name']}A.npy"), dop)
 
 
-def _init_worker():
+def init_worker():
     # One thread per process: radar_maps' small matrix products run far slower when
     # BLAS/torch threads of several workers fight over the cores.
     threadpool_limits(limits=1)
@@ -360,7 +360,7 @@ def build_humanml3d(src, root, p, workers=1, plan=None):
     n_clips = sum(len(c) for _, c in jobs)
     if workers > 1:
         # spawn, not fork: forking a process whose torch/OpenMP threads hold locks can deadlock
-        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=init_worker) as pool:
             results = list(tqdm(pool.imap(_simulate_job, tasks, chunksize=4), total=len(tasks),
                                 desc=f"HumanML3D -> radar ({n_clips} clips)", mininterval=5))
     else:
@@ -435,12 +435,14 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export-sim", type=int, metavar="N", help="instead: write N of the simulator's own "
                     "motions as a HumanML3D-format folder into --out")
-    ap.add_argument("--num-val", type=int, default=None, help="--export-sim: val clips (default N/10)")
-    ap.add_argument("--num-test", type=int, default=None, help="--export-sim: test clips (default N/10)")
+    ap.add_argument("--num-val", type=int, default=None, help="--export-sim: val motions (default N/10, at least 1)")
+    ap.add_argument("--num-test", type=int, default=None, help="--export-sim: test motions (default N/10, at least 1)")
     a = ap.parse_args(argv)
     if a.export_sim is not None:
-        n_val = a.num_val if a.num_val is not None else a.export_sim // 10
-        n_test = a.num_test if a.num_test is not None else a.export_sim // 10
+        n_val = a.num_val if a.num_val is not None else max(1, a.export_sim // 10)
+        n_test = a.num_test if a.num_test is not None else max(1, a.export_sim // 10)
+        if a.export_sim - n_val - n_test < 1:
+            ap.error(f"--export-sim {a.export_sim}: no training motions left after {n_val} val + {n_test} test")
         out = export_sim_motions(a.out, a.export_sim - n_val - n_test, n_val, n_test, seed=a.seed)
         print(f"wrote {a.export_sim} simulator motions as HumanML3D (SMPL-22 new_joints) to {out}")
         return
