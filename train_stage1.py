@@ -81,6 +81,8 @@ def install_stop_handlers():
         if stop["signal"] is not None:
             raise KeyboardInterrupt(f"second signal {signum}: exiting without saving")
         stop["signal"] = signum
+        print(f"signal {signum}: saving after this step (again to exit at once)",
+              file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

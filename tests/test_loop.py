@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -90,14 +91,32 @@ def test_sigterm_and_ctrl_c_save_and_exit_cleanly(tmp_path, sig):
 
 
 def test_second_ctrl_c_exits_at_once_without_saving(tmp_path):
-    proc, ck = _start_slow_run(tmp_path, "t")
+    """Both signals inside the first step (32 items x 50 ms): the first is
+    acknowledged on stderr, the second ends the run before any save."""
+    cmd = [sys.executable, os.path.join(ROOT, "train_stage1.py"), "--config", TINY_YAML, "--logs",
+           str(tmp_path), "--name", "t", "--val-every", "0", "--save-every", "1",
+           "--data.delay_ms", "50", "--epochs", "50"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")),
+                              daemon=True)
+    reader.start()
+    while not proc.stdout.readline().startswith("run "):  # printed just before the loop
+        assert proc.poll() is None, "".join(err)[-2000:]
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.03)  # two signals at once would reach Python's handler as one
-    proc.send_signal(signal.SIGINT)  # the step under way (~0.2 s) has not ended yet
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert "exiting without saving" in err and "saved step" not in out
-    assert sorted(f for f in os.listdir(ck) if f.startswith("step_")) == ["step_00000016.pt"]
+    deadline = time.time() + 30
+    while "saving after this step" not in "".join(err):
+        assert proc.poll() is None and time.time() < deadline, "".join(err)[-2000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    out = proc.stdout.read()
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    assert proc.returncode == 130, "".join(err)[-2000:]
+    assert "exiting without saving" in "".join(err) and "saved step" not in out
+    ck = tmp_path / "t" / "checkpoints"
+    assert not (ck.exists() and [f for f in os.listdir(ck) if f.endswith(".pt")])
 
 
 def test_stage2_loads_stage1_and_linear_keeps_encoder_frozen(tmp_path):
