@@ -7,10 +7,7 @@ data/radar/temporal.py adds each clip's order-swapped caption (from
 TextEncoder, CLIPModel); criterion: losses/radar_loss.py. Evaluation,
 figures and stage 2 are the modules beside this one.
 """
-import hashlib
-import os
-
-from data.cache import check_user_folder, resolve_root
+from data.cache import check_user_folder, derived_dir, resolve_root
 from data.radar.dataset import RadarTextDataset, collate_radar
 from data.radar.sim import ensure_radar_dataset
 from data.radar.temporal import TemporalNegatives
@@ -19,7 +16,6 @@ from families.radar.stage2 import build_radar_stage2
 from families.radar.text_cache import build_text_cache, load_text_cache, text_cache_enabled
 from losses.radar_loss import build_radar_criterion
 from models.radar.clip_model import build_clip_model
-from training.config import REPO_ROOT
 
 DATA_KEYS = ("max_motion_length", "min_motion_len", "max_text_len", "unit_length",
              "log_norm", "radar_views")
@@ -32,15 +28,12 @@ def data_root(cfg):
     return resolve_root(cfg["data"]["root"])
 
 
-def derived_dir(cfg):
-    """Where derived files (the text-feature cache) go: inside generated data
-    (our folder), beside the repository's data_cache for a user's folder,
-    which is never written into."""
-    root = data_root(cfg)
-    if cfg["data"]["generate"]:
-        return root
-    return os.path.join(REPO_ROOT, "data_cache", "radar", "derived",
-                        hashlib.md5(root.encode()).hexdigest()[:10])
+def cache_dir(cfg):
+    """Where the text-feature cache goes: inside generated data (our folder);
+    for a user's folder, which is never written into, under data.cache_dir
+    (default data_cache/ in the current directory)."""
+    d = cfg["data"]
+    return derived_dir(data_root(cfg), "radar", d["generate"], d["cache_dir"])
 
 
 def prepare_data(cfg):
@@ -51,7 +44,7 @@ def prepare_data(cfg):
     else:
         check_user_folder(root, "radar data (mmExpert format)")
     if text_cache_enabled(cfg["model"]["text"]):  # reading every split is not free: only then
-        build_text_cache(derived_dir(cfg), cfg["model"]["text"], build_datasets(cfg))
+        build_text_cache(cache_dir(cfg), cfg["model"]["text"], build_datasets(cfg))
 
 
 def build_datasets(cfg):
@@ -65,7 +58,7 @@ def build_datasets(cfg):
 
 def build_model(cfg):
     model = build_clip_model(cfg)
-    load_text_cache(model.text_encoder, derived_dir(cfg), cfg["model"]["text"])
+    load_text_cache(model.text_encoder, cache_dir(cfg), cfg["model"]["text"])
     return model
 
 

@@ -3,7 +3,7 @@
 A frozen text backbone maps a caption to the same hidden states in every
 run: encode every caption of the dataset once and keep them beside the data
 (fp16), so a series of experiments does not spend minutes on it in every
-run (in the data folder when it is generated, else in data_cache/radar/derived/).
+run (in the data folder when it is generated, else under data.cache_dir).
 Off by default, since a single run only meets about a third of the
 captions. The file name holds everything the stored outputs depend on (the
 backbone, ``max_length``, the pooling: ``pooler`` stores the pooled output
