@@ -330,3 +330,17 @@ def test_cli_export_sim_then_simulate(tmp_path, capsys):
     assert len(os.listdir(os.path.join(radar, "dataset", "HumanML3D", "udoppler_rotation"))) == 5 * 2
     with pytest.raises(SystemExit):
         main(["--export-sim", "2", "--out", str(tmp_path / "x")])   # nothing left for training
+
+
+def test_mirror_listed_elsewhere_follows_its_original_empty_captions_skipped(tmp_path):
+    src, out = str(tmp_path / "HumanML3D"), str(tmp_path / "radar")
+    _write_humanml3d(src)
+    open(os.path.join(src, "test.txt"), "a").write("M000000\n")          # a leak if honoured
+    open(os.path.join(src, "texts", "000001.txt"), "a").write(".#empty/X#0.0#0.0\n")
+    with pytest.warns(UserWarning, match="mirrored M-ids listed in another split"):
+        root = simulate_humanml3d(src, out, placements="A", clutter_points=(0, 0))
+    splits = {s: json.load(open(os.path.join(root, "_split", f"{s}.json"))) for s in ("train", "val", "test")}
+    assert "M000000A" in splits["train"] and not any(k.startswith("M") for k in splits["test"])
+    assert splits["val"]["000001A"]["captions"] == ["a person stands still"]
+    skipped = json.load(open(os.path.join(root, "data_info.json")))["skipped"]
+    assert skipped["mirror_moved"] == 1 and skipped["empty_caption"] == 1

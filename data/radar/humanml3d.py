@@ -31,12 +31,13 @@ out_root as its repository root::
     dataset/HumanML3D/_split/{train,val,test,all}.json
         {"000000": {"filefolder": "dataset/HumanML3D/udoppler", "fileindex": clip, "captions"}}
 
-Clips follow HumanML3D's own loader: the ``#0.0#0.0`` lines are the whole
-motion's captions (clip ``{id}``); a line for seconds start..end is a clip of
-frames ``int(start*fps):int(end*fps)`` (lines with the same span share one
-clip, ``{id}_f{a}-{b}``); clips shorter than ``min_frames`` (HumanML3D: 40)
-or longer than ``max_frames`` are skipped and counted. Captions are served
-lower-case without the trailing period (mmExpert's cleaning).
+Clips (data/radar/humanml3d_source.py) follow HumanML3D's own loader:
+whole-motion captions make clip ``{id}``, a ``#start#end`` line a clip of
+that segment (``{id}_f{a}-{b}``, frames at 20 fps); too short/long clips are
+skipped and counted in data_info.json. Captions are served lower-case
+without the trailing period (mmExpert's cleaning). The mmExpert layout gets
+every placement for every split (its loader draws a rotation for val and
+test too).
 
 Splits: a clip is in the split whose list names it; its placements and its
 ``M`` mirror go with it (a mirror listed elsewhere is moved to its
@@ -56,7 +57,6 @@ frame rate, placements), the simulator's scene (a side-wall multipath image
 and static clutter, as data/radar/sim.py) and ``fmcw.radar_maps``.
 """
 import argparse
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -71,11 +71,10 @@ from tqdm import tqdm
 from data.cache import UserDataError, ensure_generated, read_marker, resolve_root
 from data.radar.fmcw import RadarConfig, radar_maps
 from data.radar.humanml3d_export import export_sim_motions
-from data.radar.smpl import PLACEMENTS, check_joint_shape, check_joints, extend, place, resample, scatterers
-from data.radar.text import clean_caption
+from data.radar.humanml3d_source import SPLITS, plan_clips, source_digest
+from data.radar.smpl import PLACEMENTS, check_joints, extend, place, resample, scatterers
 
 FORMAT_VERSION = 1   # bump when the simulation changes: it is part of the cache key
-SPLITS = ("train", "val", "test")
 HUMANML3D_DEFAULTS = {
     "placements": PLACEMENTS,      # training clips: one clip per radar placement
     "eval_placements": "A",        # val/test clips
@@ -95,139 +94,6 @@ HUMANML3D_DEFAULTS = {
     "gain": 1000.0,
     "seed": 0,
 }
-
-
-# ------------------------------------------------------------------ the source folder
-def _lines(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
-
-
-def read_splits(src):
-    """{id: split} from train/val/test.txt; an id listed twice is an error."""
-    missing = [f"{s}.txt" for s in SPLITS if not os.path.isfile(os.path.join(src, f"{s}.txt"))]
-    if missing:
-        raise UserDataError(f"{src}: HumanML3D split lists {missing} not found; expected "
-                            "train.txt, val.txt and test.txt, one motion id a line")
-    where = {}
-    for split in SPLITS:
-        for cid in _lines(os.path.join(src, f"{split}.txt")):
-            if where.get(cid, split) != split:
-                raise UserDataError(f"{src}: id {cid!r} is listed in {where[cid]}.txt and {split}.txt; "
-                                    "expected each motion in one split")
-            where[cid] = split
-    return where
-
-
-def parse_texts(path, fps):
-    """texts/{id}.txt -> {(first, end) frames or None for the whole motion: [(caption, tokens)]}."""
-    spans = {}
-    for n, line in enumerate(_lines(path), 1):
-        parts = line.split("#")
-        if len(parts) == 1:          # a bare caption: the whole motion
-            parts = [parts[0], "", "0.0", "0.0"]
-        if len(parts) != 4:
-            raise UserDataError(f"{path}:{n}: {len(parts)} '#'-separated fields; expected "
-                                "caption#tokens#start#end (HumanML3D texts)")
-        try:
-            start, end = (float(x) if x.strip().lower() != "nan" else 0.0 for x in parts[2:])
-        except ValueError:
-            raise UserDataError(f"{path}:{n}: start/end {parts[2]!r}, {parts[3]!r}; expected seconds "
-                                "(0.0#0.0 for the whole motion)") from None
-        span = None if start == 0.0 and end == 0.0 else (int(start * fps), int(end * fps))
-        spans.setdefault(span, []).append((parts[0].strip(), parts[1].strip()))
-    return spans
-
-
-def source_digest(src):
-    """Digest of the source's file list (name, size, mtime): a changed source rebuilds."""
-    h = hashlib.sha256()
-    for sub in ("new_joints", "texts", "meta"):
-        d = os.path.join(src, sub)
-        if os.path.isdir(d):
-            for e in sorted(os.scandir(d), key=lambda e: e.name):
-                st = e.stat()
-                h.update(f"{sub}/{e.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    for name in [f"{s}.txt" for s in SPLITS] + ["actions.json"]:
-        path = os.path.join(src, name)
-        if os.path.isfile(path):
-            st = os.stat(path)
-            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def plan_clips(src, p):
-    """The clips to simulate, grouped by source motion: (jobs, skipped counts).
-    A job is (joints path, [clip dict]); reads only the npy headers."""
-    where = read_splits(src)
-    joints_dir = os.path.join(src, "new_joints")
-    if not os.path.isdir(joints_dir):
-        raise UserDataError(f"{src}: no new_joints/ folder; expected new_joints/{{id}}.npy [T, 22, 3] "
-                            "(HumanML3D's SMPL-22 joints)")
-    present = sorted(f[:-4] for f in os.listdir(joints_dir) if f.endswith(".npy"))
-    skipped = {k: 0 for k in ("unlisted", "listed_missing", "no_text", "short", "long", "empty_span",
-                              "mirror_moved")}
-    skipped["listed_missing"] = len(set(where) - set(present))
-    placements = {s: p["placements"] if s == "train" or p["layout"] != "project" else p["eval_placements"]
-                  for s in SPLITS}
-    jobs = []
-    for mid in present:
-        base = mid[1:] if mid.startswith("M") and mid[1:] in where else mid
-        split = where.get(base)
-        if split is None:
-            skipped["unlisted"] += 1
-            continue
-        skipped["mirror_moved"] += int(mid in where and where[mid] != split)
-        path = os.path.join(joints_dir, f"{mid}.npy")
-        t_len = _num_frames(path)
-        txt = os.path.join(src, "texts", f"{mid}.txt")
-        if not os.path.isfile(txt):
-            skipped["no_text"] += 1
-            continue
-        meta = _source_meta(src, mid)
-        clips = []
-        for span, lines in parse_texts(txt, p["fps"]).items():
-            a, b = (0, t_len) if span is None else (span[0], min(span[1], t_len))
-            if b <= a:
-                skipped["empty_span"] += 1
-                continue
-            if b - a < p["min_frames"]:
-                skipped["short"] += 1
-                continue
-            if p["max_frames"] is not None and b - a > p["max_frames"]:
-                skipped["long"] += 1
-                continue
-            name = mid if span is None else f"{mid}_f{a}-{b}"
-            captions = [clean_caption(c) for c, _ in lines]
-            carry = meta if span is None and meta.get("captions") == captions else {}
-            clips.append({"name": name, "source": mid, "frames": [a, b], "lines": lines,
-                          "captions": captions, "split": split, "placements": placements[split],
-                          "actions": carry.get("actions", []),
-                          "swapped": carry.get("order_swapped_captions", [])})
-        if clips:
-            jobs.append((path, clips))
-    if not jobs:
-        raise UserDataError(f"{src}: no clip to simulate (skipped: {skipped}); expected ids listed in "
-                            "train/val/test.txt with new_joints/{id}.npy and texts/{id}.txt")
-    return jobs, skipped
-
-
-def _num_frames(path):
-    """T of a new_joints file, from its header; the shape is checked here, before any work."""
-    try:
-        shape = np.load(path, mmap_mode="r").shape
-    except (OSError, ValueError) as e:
-        raise UserDataError(f"{path}: not a readable .npy file ({e})") from None
-    check_joint_shape(shape, path)
-    return shape[0]
-
-
-def _source_meta(src, mid):
-    path = os.path.join(src, "meta", f"{mid}.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
 
 
 # ------------------------------------------------------------------ simulation
@@ -305,19 +171,16 @@ def init_worker():
 
 
 def _simulate_job(job):
-    """Worker: every clip of one source motion; returns [(clip dict, frames, ok)]."""
+    """Worker: every clip of one source motion; returns [(clip dict, written)]."""
     root, path, clips, p = job
     with threadpool_limits(limits=1):
         joints = check_joints(np.load(path), path)
         if not np.all(np.isfinite(joints)):
-            return [(c, 0, False) for c in clips]
-        done = []
+            return [(c, False) for c in clips]
         for clip in clips:
             a, b = clip["frames"]
-            maps = simulate_motion(joints[a:b], clip["placements"], p, clip["name"])
-            _write_clip(root, clip, maps, p)
-            done.append((clip, int(next(iter(maps.values()))["doppler_time"].shape[1]), True))
-        return done
+            _write_clip(root, clip, simulate_motion(joints[a:b], clip["placements"], p, clip["name"]), p)
+        return [(c, True) for c in clips]
 
 
 # ------------------------------------------------------------------ the dataset
@@ -367,9 +230,9 @@ def build_humanml3d(src, root, p, workers=1, plan=None):
         results = [_simulate_job(t) for t in tqdm(tasks, desc=f"HumanML3D -> radar ({n_clips} clips)",
                                                   mininterval=5)]
     done = [r for rs in results for r in rs]
-    skipped["non_finite"] = sum(1 for _, _, ok in done if not ok)
+    skipped["non_finite"] = sum(1 for _, ok in done if not ok)
     split_json, mm_json = {s: {} for s in SPLITS}, {s: {} for s in SPLITS}
-    for clip, _, ok in done:
+    for clip, ok in done:
         if not ok:
             continue
         s = clip["split"]
@@ -379,9 +242,10 @@ def build_humanml3d(src, root, p, workers=1, plan=None):
             split_json[s][key] = {"filefolder": ".", "fileindex": key, "captions": clip["captions"]}
         mm_json[s][clip["name"]] = {"filefolder": "dataset/HumanML3D/udoppler", "fileindex": clip["name"],
                                     "captions": clip["captions"]}
-    for name, n in skipped.items():
-        if n and name != "mirror_moved":
-            warnings.warn(f"{src}: {n} motions/clips skipped ({name}; see data_info.json)")
+    counts = {k: n for k, n in skipped.items() if n and k != "mirror_moved"}
+    if counts:
+        warnings.warn(f"{src}: skipped {counts} (motions, clips or caption lines; data_info.json "
+                      "'skipped'; short/long: min_frames/max_frames)")
     if skipped["mirror_moved"]:
         warnings.warn(f"{src}: {skipped['mirror_moved']} mirrored M-ids listed in another split than their "
                       "original; put in the original's split")
