@@ -110,6 +110,29 @@ def body_scatterers(joints, vel, per_bone, radar_pos):
     return pos.reshape(n, -1, 3), v.reshape(n, -1, 3), np.repeat(rcs, per_bone, axis=1)
 
 
+def add_scene(rng, pos, vel, rcs, params):
+    """The scene around the body: optionally a side wall's mirror image
+    (multipath; the wall at x = wall, beyond the farthest point the body
+    reaches on that side) and static clutter points (walls, furniture).
+    pos, vel [T, P, 3], rcs [T, P] -> the same with the added points."""
+    if params["multipath"]:
+        side = rng.choice([-1.0, 1.0])
+        wall = side * (max(float((side * pos[..., 0]).max()), 0.0) + rng.uniform(0.5, 2.5))
+        mpos, mv = pos.copy(), vel.copy()
+        mpos[..., 0], mv[..., 0] = 2 * wall - pos[..., 0], -vel[..., 0]
+        pos, vel = np.concatenate([pos, mpos], 1), np.concatenate([vel, mv], 1)
+        rcs = np.concatenate([rcs, params["wall_reflection"] * rcs], 1)
+    lo, hi = params["clutter_points"]
+    if hi > 0:
+        k, t_len = int(rng.integers(lo, hi + 1)), pos.shape[0]
+        r, az = rng.uniform(1.5, 10.0, k), rng.uniform(-1.2, 1.2, k)
+        cpos = np.stack([r * np.sin(az), r * np.cos(az), rng.uniform(0, 2.0, k)], -1)
+        pos = np.concatenate([pos, np.broadcast_to(cpos, (t_len, k, 3))], 1)
+        vel = np.concatenate([vel, np.zeros((t_len, k, 3))], 1)
+        rcs = np.concatenate([rcs, np.broadcast_to(10 ** rng.uniform(-3, -1.5, k), (t_len, k))], 1)
+    return pos, vel, rcs
+
+
 def simulate_clip(rng, params, cfg):
     """One clip: (maps dict of float32 [bins, T], actions, joints [T, 20, 3])."""
     fine = 5 * params["frame_rate"]
@@ -122,23 +145,7 @@ def simulate_clip(rng, params, cfg):
     joints, vel = joints[frames], vel[frames]
     radar_pos = np.array([0.0, 0.0, cfg.height])
     pos, v, rcs = body_scatterers(joints, vel, params["scatterers_per_bone"], radar_pos)
-    if params["multipath"]:
-        # Side wall at x = wall, beyond the farthest point the body reaches on that side.
-        side = rng.choice([-1.0, 1.0])
-        wall = side * (max(float((side * pos[..., 0]).max()), 0.0) + rng.uniform(0.5, 2.5))
-        mpos, mv = pos.copy(), v.copy()
-        mpos[..., 0], mv[..., 0] = 2 * wall - pos[..., 0], -v[..., 0]
-        pos, v = np.concatenate([pos, mpos], 1), np.concatenate([v, mv], 1)
-        rcs = np.concatenate([rcs, params["wall_reflection"] * rcs], 1)
-    lo, hi = params["clutter_points"]
-    if hi > 0:
-        k = int(rng.integers(lo, hi + 1))
-        r, az = rng.uniform(1.5, 10.0, k), rng.uniform(-1.2, 1.2, k)
-        cpos = np.stack([r * np.sin(az), r * np.cos(az), rng.uniform(0, 2.0, k)], -1)
-        t_len = len(frames)
-        pos = np.concatenate([pos, np.broadcast_to(cpos, (t_len, k, 3))], 1)
-        v = np.concatenate([v, np.zeros((t_len, k, 3))], 1)
-        rcs = np.concatenate([rcs, np.broadcast_to(10 ** rng.uniform(-3, -1.5, k), (t_len, k))], 1)
+    pos, v, rcs = add_scene(rng, pos, v, rcs, params)
     noise = params["noise_power"] * 10 ** rng.uniform(-0.3, 0.3)
     rt, dt, at = radar_maps(pos, v, rcs, cfg, noise_power=noise, gain=params["gain"],
                             rng=rng, noise_looks=params["noise_looks"])
