@@ -1,11 +1,10 @@
 """Audio towers over tiny HTS-AT (CLAP) and AST checkpoints saved with their
 feature extractors and loaded through the config key."""
-import numpy as np
 import pytest
 import torch
 import torchaudio.functional as AF
 from transformers import (ASTConfig, ASTFeatureExtractor, ASTModel, ClapConfig, ClapFeatureExtractor,
-                          ClapModel)
+                          ClapModel, ViTConfig, ViTModel)
 
 from models.towers import AudioTower
 
@@ -128,7 +127,6 @@ def test_ast_widened_to_seven_channels_keeps_the_response(ast_dir):
 
 
 def test_a_vision_folder_is_not_an_audio_tower(tmp_path):
-    from transformers import ViTConfig, ViTModel
     ViTModel(ViTConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                        num_attention_heads=2, image_size=16, patch_size=8)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"type 'vit' \(architectures \['ViTModel'\]\); expected one "

@@ -1,7 +1,7 @@
 """The tower loader and config schema: missing and wrong-type folders,
 the five keys checked by name."""
 import pytest
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
 from models.towers import TOWER_DEFAULTS, VisionTower, tower_config
 from models.towers.loading import VISION_TYPES, load_tower
@@ -49,7 +49,6 @@ def test_tower_config_fills_defaults_and_checks_each_key():
 
 
 def test_unfreeze_more_blocks_than_the_model_has():
-    from transformers import ViTConfig, ViTModel
     model = ViTModel(ViTConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                num_attention_heads=2, image_size=16, patch_size=8))
     with pytest.raises(ValueError, match="unfreeze_last_n=3 but the model has 2 blocks"):

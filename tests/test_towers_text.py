@@ -2,7 +2,8 @@
 saved with a fast tokenizer (the bundled MiniLM's), and the bundled default."""
 import pytest
 import torch
-from transformers import AutoTokenizer, ClapTextConfig, ClapTextModel, CLIPTextConfig, CLIPTextModel
+from transformers import (AutoTokenizer, ClapTextConfig, ClapTextModel, CLIPTextConfig, CLIPTextModel,
+                          CLIPVisionConfig, CLIPVisionModel)
 
 from models.text_encoder import TextOutput, resolve_model_path
 from models.towers import TextTower
@@ -64,7 +65,6 @@ def test_clip_text_body_on_embeddings_equals_the_token_path(folders):
 
 
 def test_a_vision_folder_is_not_a_text_tower(tmp_path):
-    from transformers import CLIPVisionConfig, CLIPVisionModel
     CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                      num_attention_heads=2, image_size=16,
                                      patch_size=8)).save_pretrained(tmp_path)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 from torchvision.ops import roi_align
-from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, ViTConfig, ViTModel
+from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
 
 from models.towers import RadarTower, VisionTower, fold_patch_embedding, interpolate_pos_embed
 from models.towers.vision import pos_embed, set_pos_embed
@@ -64,6 +64,20 @@ def test_roi_align_boxes_in_input_pixels_map_to_the_native_grid(folders):
     assert torch.allclose(roi, ref)
     crops = tower.crop_and_resize(images, [box])
     assert crops.shape == (1, 3, 32, 32)
+
+
+def test_patch_mask_on_the_datas_grid_is_resampled_to_the_towers(folders):
+    """grounding draws masks on its own patch grid; masked patches get the mask token."""
+    path, _ = folders["vit"]
+    tower = VisionTower({"pretrained": path}, use_mask_token=True).eval()
+    with torch.no_grad():
+        tower.mask_token.normal_()
+    mask = torch.tensor([[True, False, False, False]])        # top-left of a 2x2 grid
+    big = tower.resample_patch_mask(mask).view(4, 4)
+    assert big[:2, :2].all() and big.sum() == 4
+    images = torch.rand(1, 3, 32, 32)
+    assert torch.allclose(tower(images, mask).features, tower(images, big.view(1, 16)).features)
+    assert not torch.allclose(tower(images, mask).features, tower(images).features, atol=1e-4)
 
 
 @pytest.mark.parametrize("c_in,c_out", [(3, 1), (1, 7), (3, 6)])

@@ -49,6 +49,7 @@ class RadarTower(Tower):
         set_pos_embed(backbone, interpolate_pos_embed(pos_embed(backbone), native_grid(backbone), grid))
         super().__init__(backbone, settings, key)
         self.views, self.patch_size, self.grid, self.pooling = views, p, grid, pooling
+        self.downsample = p   # frames per sequence token, as RadarEncoder.downsample
         self.proj = nn.Linear(backbone.config.hidden_size, embed_dim)
         self.embed_dim = embed_dim
 

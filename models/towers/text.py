@@ -6,7 +6,6 @@ mask, the fast tokenizer's character offsets), so a family can swap it in.
 ``encode_embeds`` runs the same body on embeddings made elsewhere (TimesCLIP's
 language branch: a linear patch tokenizer in place of the token embedding).
 """
-import torch
 import torch.nn as nn
 from transformers import AutoTokenizer, CLIPTextModel
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask

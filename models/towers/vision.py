@@ -196,14 +196,30 @@ class VisionTower(Tower):
     def forward(self, images, patch_mask=None):
         """images [B, 3, H, W] in [0, 1]; patch_mask [B, N] bool (True = replaced
         by the learned mask token, ``use_mask_token``)."""
-        if patch_mask is not None and self.mask_token is None:
-            raise ValueError(f"{self.key}: patch_mask needs VisionTower(use_mask_token=True)")
+        if patch_mask is not None:
+            if self.mask_token is None:
+                raise ValueError(f"{self.key}: patch_mask needs VisionTower(use_mask_token=True)")
+            patch_mask = self.resample_patch_mask(patch_mask)
         x, (h, w) = embed_patches(self.backbone, self.normalise(images), self.grid_size,
                                   patch_mask, self.mask_token)
         tokens, pooled = run_blocks(self.backbone, x)
         patches = tokens[:, 1:]                                         # [B, N, D]
         grid = patches.transpose(1, 2).reshape(len(x), -1, h, w)        # [B, D, H', W']
         return VisionOutput(features=pooled, grid=grid, tokens=patches)
+
+    def resample_patch_mask(self, patch_mask):
+        """[B, g*g] mask drawn on another square patch grid (the data's) ->
+        [B, H'*W'] on this tower's grid, nearest neighbour."""
+        h, w = self.grid_size
+        n = patch_mask.shape[1]
+        if n == h * w:
+            return patch_mask
+        g = int(round(n ** 0.5))
+        if g * g != n:
+            raise ValueError(f"{self.key}: patch_mask of {n} patches is neither this tower's "
+                             f"{h}x{w} grid nor a square one")
+        m = patch_mask.view(-1, 1, g, g).float()
+        return F.interpolate(m, size=(h, w), mode="nearest").view(len(patch_mask), -1).bool()
 
     def _to_native(self, boxes, input_size):
         sy, sx = self.image_size[0] / input_size[0], self.image_size[1] / input_size[1]
