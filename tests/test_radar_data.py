@@ -229,15 +229,16 @@ def test_generation_is_deterministic_and_cached_by_every_parameter(generated, tm
     for sub in ("mmwave/000007.npz", "texts/000007.txt", "meta/000007.json", "_split/test.json"):
         assert open(os.path.join(root, sub), "rb").read() == open(os.path.join(generated, sub), "rb").read()
     clip = os.path.join(root, "mmwave", "000003.npz")
-    before = os.stat(clip).st_ino
+    stamp = lambda: (os.stat(clip).st_ino, os.stat(clip).st_mtime_ns)  # noqa: E731
+    before, data = stamp(), open(clip, "rb").read()
     ensure_radar_dataset(root, 6, 3, 4, seed=3)                            # cached: not rebuilt
-    assert os.stat(clip).st_ino == before
+    assert stamp() == before
     # The marker holds every generator parameter, so changing any of them rebuilds.
     params = read_marker(root)["params"]
     assert set(params) == set(GENERATOR_DEFAULTS) | {"num_train", "num_val", "num_test", "seed",
                                                      "format_version"}
-    ensure_radar_dataset(root, 6, 3, 4, seed=3, noise_looks=8)
-    assert os.stat(clip).st_ino != before and read_marker(root)["params"]["noise_looks"] == 8
+    ensure_radar_dataset(root, 6, 3, 4, seed=3, noise_looks=8)           # other noise: other maps
+    assert open(clip, "rb").read() != data and read_marker(root)["params"]["noise_looks"] == 8
     ensure_radar_dataset(root, 2, 1, 1, seed=4)                            # other sizes: new data
     assert len(os.listdir(os.path.join(root, "mmwave"))) == 4
     assert not [n for n in os.listdir(root) if n.startswith(".building")]
