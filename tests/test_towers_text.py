@@ -51,6 +51,11 @@ def test_bundled_minilm_when_pretrained_is_null():
     tower = TextTower({"pretrained": None, "freeze": True}, embed_dim=8)
     assert tower.pooling == "mean" and tower.frozen
     assert type(tower.backbone).__name__ == "BertModel"
+    unfrozen = TextTower({"pretrained": None}, embed_dim=8)
+    # mean pooling never reads BERT's pooler: it must not train (DDP: no unused parameters)
+    trainable = {n for n, p in unfrozen.named_parameters() if p.requires_grad}
+    assert "backbone.encoder.layer.0.attention.self.query.weight" in trainable
+    assert not any(n.startswith("backbone.pooler.") for n in trainable)
     assert "MiniLM" in tower.summary("model.text") or "minilm" in tower.summary("model.text").lower()
 
 

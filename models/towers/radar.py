@@ -47,7 +47,8 @@ class RadarTower(Tower):
         # Surgery before the Tower sees the weights (it freezes what exists).
         set_patch_conv(backbone, fold_patch_embedding(patch_conv(backbone), 1))
         set_pos_embed(backbone, interpolate_pos_embed(pos_embed(backbone), native_grid(backbone), grid))
-        super().__init__(backbone, settings, key)
+        unused = ("pooler.",) if pooling == "mean" and getattr(backbone, "pooler", None) else ()
+        super().__init__(backbone, settings, key, unused)
         self.views, self.patch_size, self.grid, self.pooling = views, p, grid, pooling
         self.downsample = p   # frames per sequence token, as RadarEncoder.downsample
         self.proj = nn.Linear(backbone.config.hidden_size, embed_dim)

@@ -28,17 +28,18 @@ class TextTower(Tower):
                              "clap or a text model")
         backbone, path = load_tower(path, TEXT_TYPES if model_type in TEXT_TYPES else None,
                                     key + ".pretrained")
-        super().__init__(backbone, settings, key)
-        self.source = path
+        # The checkpoint's own pooling: CLIP's end-of-text token, CLAP's
+        # (RoBERTa) pooler; a sentence encoder's mean otherwise.
+        pooling = pooling or ("pooler" if model_type in TEXT_TYPES else "mean")
+        if pooling not in ("cls", "mean", "pooler", "max"):
+            raise ValueError(f"{key}.pooling: cls, mean, pooler or max, got {pooling!r}")
+        unused = ("pooler.",) if pooling != "pooler" and getattr(backbone, "pooler", None) else ()
+        super().__init__(backbone, settings, key, unused)
+        self.pooling, self.source = pooling, path
         self.tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
         if not self.tokenizer.is_fast:
             raise ValueError(f"{key}.pretrained: {path!r} has no fast tokenizer (tokenizer.json); "
                              "span offsets need one")
-        # The checkpoint's own pooling: CLIP's end-of-text token, CLAP's
-        # (RoBERTa) pooler; a sentence encoder's mean otherwise.
-        self.pooling = pooling or ("pooler" if model_type in TEXT_TYPES else "mean")
-        if self.pooling not in ("cls", "mean", "pooler", "max"):
-            raise ValueError(f"{key}.pooling: cls, mean, pooler or max, got {self.pooling!r}")
         cfg = backbone.config
         limit = getattr(cfg, "max_position_embeddings", max_length)
         if model_type in ("clap", "clap_text_model", "roberta"):

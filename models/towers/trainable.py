@@ -79,10 +79,13 @@ class Tower(nn.Module):
     tower keys. Subclasses add their modality's input and output handling;
     parameters outside ``backbone`` are new (lr multiplier 1)."""
 
-    def __init__(self, backbone, settings=None, key="model.tower"):
+    def __init__(self, backbone, settings=None, key="model.tower", unused=()):
         super().__init__()
         self.backbone = backbone
         self.key = key
+        # name prefixes of backbone parts the tower's forward never reads (an
+        # unused pooler): never trained, so DDP finds no parameter without a gradient
+        self.unused = tuple(unused)
         self.settings = tower_config(settings, key)
         self.layer_ids, self.num_blocks = param_layer_ids(backbone)
         self.apply_trainable()
@@ -95,7 +98,8 @@ class Tower(nn.Module):
         if n > L:
             raise ValueError(f"{self.key}.unfreeze_last_n={n} but the model has {L} blocks")
         for name, p in self.backbone.named_parameters():
-            p.requires_grad_(not s["freeze"] or (n > 0 and self.layer_ids[name] > L - n))
+            trains = not s["freeze"] or (n > 0 and self.layer_ids[name] > L - n)
+            p.requires_grad_(trains and not name.startswith(self.unused))
         # Kept out of train mode: frozen parts (no dropout, deterministic
         # features) and batch norms (features must not depend on the rest of
         # the micro-batch: the loop's accumulation recomputes them per slice;
@@ -159,8 +163,13 @@ def tower_lr_mults(named_modules):
             for n, mult in tower.lr_mults().items()}
 
 
+NO_DECAY_NAMES = ("cls_token", "class_embedding", "distillation_token", "mask_token",
+                  "position_embedding")   # timm's no_weight_decay: tokens and positions
+
+
 def _no_decay(name, p):
-    return p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+    return (p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+            or any(k in name for k in NO_DECAY_NAMES))
 
 
 def tower_param_groups(named_towers, base_lr, wd, no_decay=_no_decay):
