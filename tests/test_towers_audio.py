@@ -132,3 +132,12 @@ def test_a_vision_folder_is_not_an_audio_tower(tmp_path):
     with pytest.raises(ValueError, match=r"type 'vit' \(architectures \['ViTModel'\]\); expected one "
                                          r"of \['audio-spectrogram-transformer', 'clap'"):
         AudioTower({"pretrained": str(tmp_path)}, key="model.audio")
+
+
+def test_waveform_front_end_runs_under_bf16_autocast(clap_dir):
+    tower = AudioTower({"pretrained": clap_dir[0]}).eval()
+    wav = torch.randn(1, 6000) * 0.1
+    ref = tower(wav).features
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tower(wav).features
+    assert torch.allclose(out.float(), ref, atol=0.1, rtol=0.05)

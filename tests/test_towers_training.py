@@ -119,3 +119,14 @@ def test_summary_line_counts_trainable_and_frozen_parameters():
     assert line.startswith("model.vision: ViTModel")
     assert f"{total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable" in line
     assert "last 1/3 blocks train" in line
+
+
+def test_tower_runs_under_bf16_autocast_close_to_fp32():
+    """--precision amp_bf16: the tower's own embedding path follows autocast."""
+    model = Probe({"freeze": False}).eval()
+    x = torch.rand(2, 3, 16, 16)
+    ref = model.vision(x).features
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.vision(x).features
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), ref, atol=0.1, rtol=0.05)
