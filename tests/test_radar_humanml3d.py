@@ -337,8 +337,10 @@ def test_mirror_listed_elsewhere_follows_its_original_empty_captions_skipped(tmp
     _write_humanml3d(src)
     open(os.path.join(src, "test.txt"), "a").write("M000000\n")          # a leak if honoured
     open(os.path.join(src, "texts", "000001.txt"), "a").write(".#empty/X#0.0#0.0\n")
-    with pytest.warns(UserWarning, match="mirrored M-ids listed in another split"):
+    with pytest.warns(UserWarning) as caught:
         root = simulate_humanml3d(src, out, placements="A", clutter_points=(0, 0))
+    messages = " ".join(str(w.message) for w in caught)
+    assert "mirrored M-ids listed in another split" in messages and "'empty_caption': 1" in messages
     splits = {s: json.load(open(os.path.join(root, "_split", f"{s}.json"))) for s in ("train", "val", "test")}
     assert "M000000A" in splits["train"] and not any(k.startswith("M") for k in splits["test"])
     assert splits["val"]["000001A"]["captions"] == ["a person stands still"]

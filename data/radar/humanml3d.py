@@ -53,8 +53,8 @@ clips, so temporal-order and zero-shot evaluation work on that data too.
 
 Physics per clip and placement: data/radar/smpl.py (scatterers along the
 SMPL-22 bones, positions and velocities from a cubic spline at the radar's
-frame rate, placements), the simulator's scene (a side-wall multipath image
-and static clutter, as data/radar/sim.py) and ``fmcw.radar_maps``.
+frame rate, placements), the simulator's scene (``sim.add_scene``: a side-wall
+multipath image and static clutter) and ``fmcw.radar_maps``.
 """
 import argparse
 import json
@@ -72,6 +72,7 @@ from data.cache import UserDataError, ensure_generated, read_marker, resolve_roo
 from data.radar.fmcw import RadarConfig, radar_maps
 from data.radar.humanml3d_export import export_sim_motions
 from data.radar.humanml3d_source import SPLITS, plan_clips, source_digest
+from data.radar.sim import add_scene
 from data.radar.smpl import PLACEMENTS, check_joints, extend, place, resample, scatterers
 
 FORMAT_VERSION = 1   # bump when the simulation changes: it is part of the cache key
@@ -97,27 +98,6 @@ HUMANML3D_DEFAULTS = {
 
 
 # ------------------------------------------------------------------ simulation
-def add_scene(rng, pos, vel, rcs, p):
-    """The simulator's scene around the body (data/radar/sim.py): a side wall's
-    mirror image (multipath) and static clutter points. Arrays [T, P, ...]."""
-    if p["multipath"]:
-        side = rng.choice([-1.0, 1.0])
-        wall = side * (max(float((side * pos[..., 0]).max()), 0.0) + rng.uniform(0.5, 2.5))
-        mpos, mv = pos.copy(), vel.copy()
-        mpos[..., 0], mv[..., 0] = 2 * wall - pos[..., 0], -vel[..., 0]
-        pos, vel = np.concatenate([pos, mpos], 1), np.concatenate([vel, mv], 1)
-        rcs = np.concatenate([rcs, p["wall_reflection"] * rcs], 1)
-    lo, hi = p["clutter_points"]
-    if hi > 0:
-        k, t_len = int(rng.integers(lo, hi + 1)), pos.shape[0]
-        r, az = rng.uniform(1.5, 10.0, k), rng.uniform(-1.2, 1.2, k)
-        cpos = np.stack([r * np.sin(az), r * np.cos(az), rng.uniform(0, 2.0, k)], -1)
-        pos = np.concatenate([pos, np.broadcast_to(cpos, (t_len, k, 3))], 1)
-        vel = np.concatenate([vel, np.zeros((t_len, k, 3))], 1)
-        rcs = np.concatenate([rcs, np.broadcast_to(10 ** rng.uniform(-3, -1.5, k), (t_len, k))], 1)
-    return pos, vel, rcs
-
-
 def simulate_motion(joints, placements, p, name="clip"):
     """SMPL-22 joints [T, 22, 3] (HumanML3D frame, p["fps"]) -> {placement: {view: [bins, N]}}.
     Randomness (scene, noise) from (seed, name, placement): any worker count, same bytes."""
