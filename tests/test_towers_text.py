@@ -5,8 +5,8 @@ import torch
 from transformers import (AutoTokenizer, ClapTextConfig, ClapTextModel, CLIPTextConfig, CLIPTextModel,
                           CLIPVisionConfig, CLIPVisionModel)
 
-from models.text_encoder import TextOutput, resolve_model_path
-from models.towers import TextTower
+from models.text_encoder import TextEncoder, TextOutput, resolve_model_path
+from models.towers import TextTower, build_text_encoder
 
 CAPS = ["a person walks forward", "someone jumps twice then waves"]
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -75,3 +75,16 @@ def test_a_vision_folder_is_not_a_text_tower(tmp_path):
                                      patch_size=8)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="type 'clip_vision_model'.*has no text tower"):
         TextTower({"pretrained": str(tmp_path)})
+
+
+def test_build_text_encoder_keeps_todays_encoder_by_default(folders):
+    """Defaults: TextEncoder as today (its cache, the quick presets' numbers);
+    a CLIP checkpoint or layer decay: the TextTower, with the family's keys."""
+    enc = build_text_encoder({"pretrained": None, "freeze": True, "max_length": 20,
+                              "cache_features": True}, embed_dim=8)
+    assert type(enc) is TextEncoder and enc.cache_features and enc.max_length == 20
+    clip = build_text_encoder({"pretrained": folders["clip"][0], "max_length": 20}, embed_dim=8)
+    assert type(clip) is TextTower and clip.max_length == 20 and clip.pooling == "pooler"
+    decayed = build_text_encoder({"pretrained": None, "layer_decay": 0.8,
+                                  "pooling_strategy": "cls"}, embed_dim=8)
+    assert type(decayed) is TextTower and decayed.pooling == "cls"

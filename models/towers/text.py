@@ -10,8 +10,9 @@ import torch.nn as nn
 from transformers import AutoTokenizer, CLIPTextModel
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
-from models.text_encoder import TextOutput
-from models.towers.loading import TEXT_TYPES, load_tower, read_model_type, resolve_pretrained
+from models.text_encoder import TextEncoder, TextOutput
+from models.towers.loading import (TEXT_TYPES, load_tower, read_model_type, resolve_pretrained,
+                                   tower_config)
 from models.towers.trainable import Tower
 
 NOT_TEXT = ("vit", "clip_vision_model", "clap_audio_model", "audio-spectrogram-transformer")
@@ -87,3 +88,23 @@ class TextTower(Tower):
         attn = make(config=m.config, inputs_embeds=x, attention_mask=mask, **kw)
         x = m.encoder(inputs_embeds=x, attention_mask=attn, is_causal=causal).last_hidden_state
         return m.final_layer_norm(x)
+
+
+def build_text_encoder(section, key="model.text", embed_dim=256):
+    """The text tower a ``model.text`` section asks for. Plain text models
+    (null = the bundled MiniLM, or any AutoModel folder) with no layer decay and
+    no lr multiplier stay on TextEncoder, whose frozen-caption cache and numbers
+    are today's; a CLIP / CLAP checkpoint or layer_decay / lr_mult gives a
+    TextTower. Family keys: max_length, pooling_strategy, and for TextEncoder
+    cache_features, cache_max_mb."""
+    section = dict(section or {})
+    t = tower_config(section, key)
+    path = resolve_pretrained(t["pretrained"], key + ".pretrained", bundled_text=True)
+    plain = read_model_type(path)[0] not in TEXT_TYPES
+    if plain and t["layer_decay"] == 1.0 and t["lr_mult"] == 1.0:
+        extra = {k: section[k] for k in ("max_length", "pooling_strategy", "cache_features",
+                                         "cache_max_mb") if k in section}
+        return TextEncoder(model_name=t["pretrained"], embed_dim=embed_dim,
+                           freeze_backbone=t["freeze"], unfreeze_last_n=t["unfreeze_last_n"], **extra)
+    return TextTower(t, key, embed_dim, section.get("max_length", 77),
+                     section.get("pooling_strategy"))
