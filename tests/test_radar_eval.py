@@ -208,3 +208,27 @@ def test_disk_text_cache_hits_and_misses(tmp_path):
     # a trainable backbone never uses it
     build_text_cache(str(tmp_path / "trainable"), dict(t, freeze_backbone=False), {"train": Split()})
     assert not (tmp_path / "trainable").exists()
+
+
+def test_disk_text_cache_under_bf16_is_its_own_file_and_close_to_fp32(tmp_path):
+    class Split:
+        base = type("B", (), {"items": [{"captions": ["a person walks", "someone jumps twice then claps"]}],
+                              "action_prompts": {"walk": "a person walks"}})()
+
+        def swapped(self, i):
+            return ["someone claps then jumps twice"]
+
+    t = {"model_name": None, "max_length": 16, "pooling_strategy": "mean", "freeze_backbone": True,
+         "unfreeze_last_n": 0, "cache_features": True, "disk_cache": True, "cache_max_mb": 512}
+    build_text_cache(str(tmp_path), t, {"train": Split()})
+    build_text_cache(str(tmp_path), t, {"train": Split()}, precision="amp_bf16")
+    fp32 = torch.load(text_cache_path(str(tmp_path), t))
+    bf16 = torch.load(text_cache_path(str(tmp_path), t, "amp_bf16"))
+    assert text_cache_path(str(tmp_path), t, "amp_bf16") != text_cache_path(str(tmp_path), t)
+    assert set(fp32) == set(bf16) == {"a person walks", "someone jumps twice then claps",
+                                      "someone claps then jumps twice"}
+    for c in fp32:                                   # the same hidden states, to bf16's precision
+        h32, h16 = fp32[c][0].float(), bf16[c][0].float()
+        assert h32.shape == h16.shape
+        assert torch.nn.functional.cosine_similarity(h32, h16, dim=-1).min() > 0.99
+        assert not torch.equal(h32, h16)

@@ -44,7 +44,8 @@ def prepare_data(cfg):
     else:
         check_user_folder(root, "radar data (mmExpert format)")
     if text_cache_enabled(cfg["model"]["text"]):  # reading every split is not free: only then
-        build_text_cache(cache_dir(cfg), cfg["model"]["text"], build_datasets(cfg))
+        build_text_cache(cache_dir(cfg), cfg["model"]["text"], build_datasets(cfg),
+                         cfg["precision"])
 
 
 def build_datasets(cfg):
@@ -58,7 +59,7 @@ def build_datasets(cfg):
 
 def build_model(cfg):
     model = build_clip_model(cfg)
-    load_text_cache(model.text_encoder, cache_dir(cfg), cfg["model"]["text"])
+    load_text_cache(model.text_encoder, cache_dir(cfg), cfg["model"]["text"], cfg["precision"])
     return model
 
 

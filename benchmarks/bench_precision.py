@@ -1,0 +1,128 @@
+"""Step time per precision and per thread count, per family, side by side.
+
+    python benchmarks/bench_precision.py                       # every family, quick presets
+    python benchmarks/bench_precision.py --families radar,sclap --rounds 5
+    python benchmarks/bench_precision.py --torchcompile        # compiled towers as extra rows
+
+For each family (its ``quick`` preset; the first run generates that preset's
+data, as training would) one model takes full training steps (forward,
+backward, optimizer) on the same pre-loaded batch for every combination of
+fp32 / amp_bf16 / amp (fp16 autocast + GradScaler) and 1..cores intra-op
+threads. The combinations are interleaved round by round, so the machine's
+noise hits all alike; each row is the median over rounds. The last column is
+the ratio to the fastest row of the family, and the line under each table
+says which precision ``--precision auto`` picks here and whether it is the
+fastest within noise (the spread of the rows' own rounds).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from families import FAMILIES, load_family  # noqa: E402
+from training.accumulation import ModelAndLoss, forward_backward  # noqa: E402
+from training.config import load_config  # noqa: E402
+from training.data import to_device  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
+from training.precision import autocast as make_autocast, cpu_flags, grad_scaler, resolve_precision  # noqa: E402
+from training.resources import available_cores, thread_budget  # noqa: E402
+
+PRECISIONS = ("fp32", "amp_bf16", "amp")
+
+
+def family_setup(name, preset, overrides, torchcompile):
+    cfg = load_config(["--family", name, "--preset", preset] + overrides)
+    # the data (and any feature cache) the training run itself would prepare
+    cfg["precision"] = resolve_precision(cfg["precision"], "cpu")[0]
+    family = load_family(name)
+    family.prepare_data(cfg)
+    train = family.build_datasets(cfg)["train"]
+    device = torch.device("cpu")
+    batch = to_device(family.collate([train[i] for i in range(min(len(train), cfg["batch_size"]))]),
+                      device)
+    torch.manual_seed(0)
+    module = ModelAndLoss(family.build_model(cfg), family.build_criterion(cfg, 0, 1)).to(device)
+    if torchcompile:
+        module.model = torch.compile(module.model)
+    module.train()
+    opt, _ = build_optimizer({"model": module.model, "criterion": module.criterion}, cfg)
+    return cfg, module, opt, batch
+
+
+def one_step(module, opt, batch, precision):
+    device = torch.device("cpu")
+    autocast, scaler = make_autocast(precision, device), grad_scaler(precision, device)
+    opt.zero_grad(set_to_none=True)
+    forward_backward(module, module, [batch], 0, autocast, scaler, device)
+    scaler.step(opt)
+    scaler.update()
+
+
+def bench_family(name, args, thread_counts):
+    cfg, module, opt, batch = family_setup(name, args.preset, args.overrides, False)
+    setups = {"eager": (module, opt)}
+    if args.torchcompile:
+        _, cmod, copt, _ = family_setup(name, args.preset, args.overrides, True)
+        setups["compiled"] = (cmod, copt)
+    rows = [(mode, p, t) for mode in setups for p in PRECISIONS for t in thread_counts]
+    times = {r: [] for r in rows}
+    for mode, p, t in rows:                     # warm-up (and compilation) outside the timing
+        torch.set_num_threads(t)
+        for _ in range(2):
+            one_step(*setups[mode], batch, p)
+    for _ in range(args.rounds):
+        for r in rows:
+            mode, p, t = r
+            torch.set_num_threads(t)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                one_step(*setups[mode], batch, p)
+            times[r].append((time.perf_counter() - t0) / args.steps)
+    med = {r: statistics.median(v) for r, v in times.items()}
+    best = min(med, key=med.get)
+    print(f"\n{name} (quick preset, batch {cfg['batch_size']}), ms per training step, "
+          f"median of {args.rounds} rounds x {args.steps} steps")
+    print(f"  {'mode':9s}{'precision':10s}{'threads':>8s}{'ms/step':>10s}{'spread':>9s}{'x fastest':>11s}")
+    for r in rows:
+        spread = (max(times[r]) - min(times[r])) / med[r]
+        print(f"  {r[0]:9s}{r[1]:10s}{r[2]:8d}{1e3 * med[r]:10.1f}{spread:9.0%}{med[r] / med[best]:11.2f}")
+    auto, why = resolve_precision("auto", "cpu")
+    workers = cfg.get("workers")
+    threads = thread_budget(workers=None if workers in (None, "auto") else int(workers))["threads"]
+    auto_row = ("eager", auto, min(thread_counts, key=lambda t: abs(t - threads)))
+    noise = (max(times[best]) - min(times[best])) / med[best]
+    ratio = med[auto_row] / med[best]
+    verdict = "the fastest" if auto_row == best else (
+        f"within noise of the fastest ({ratio:.2f}x, noise {noise:.0%})" if ratio - 1 <= max(noise, 0.05)
+        else f"NOT the fastest: {ratio:.2f}x the fastest row {best}")
+    print(f"  auto picks {auto} with {auto_row[2]} threads beside {workers} DataLoader workers "
+          f"({why}): {verdict}")
+    return {"family": name, "best": best, "auto": auto_row, "ratio": ratio}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--threads", default=None, help="comma list (default: 1..cores)")
+    ap.add_argument("--torchcompile", action="store_true")
+    args, args.overrides = ap.parse_known_args()
+    cores = available_cores()
+    thread_counts = ([int(t) for t in args.threads.split(",")] if args.threads
+                     else list(range(1, cores + 1)))
+    flags = cpu_flags()
+    print(f"torch {torch.__version__}, {cores} cores available, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, bf16 flags: "
+          f"{sorted(f for f in flags if 'bf16' in f or f.startswith('amx')) or 'none'}")
+    for name in args.families.split(","):
+        bench_family(name, args, thread_counts)
+
+
+if __name__ == "__main__":
+    main()
