@@ -81,8 +81,8 @@ def resolve_pretrained(pretrained, key="model.tower.pretrained", bundled_text=Fa
             raise FileNotFoundError(f"{key}: {pretrained!r} has no config.json (expected a "
                                     "Hugging Face model folder written by save_pretrained)")
         return pretrained
-    looks_like_path = pretrained.startswith((".", "/", "~")) or pretrained.count("/") != 1
-    if looks_like_path:
+    # "org/name" or a legacy "name" may be hub ids; anything else is a path
+    if pretrained.startswith((".", "/", "~")) or pretrained.count("/") > 1:
         raise FileNotFoundError(f"{key}: no such directory {pretrained!r}")
     try:  # a hub id: usable only if it is already in the local cache
         return snapshot_download(pretrained, local_files_only=True)
