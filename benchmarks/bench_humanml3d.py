@@ -49,7 +49,9 @@ def motions_per_s(src, workers):
         t0 = time.perf_counter()
         info = build_humanml3d(p["source"], out, p, workers=workers)
         dt = time.perf_counter() - t0
-        return info["motions"]["train"] / dt, info["splits"]["train"] / dt
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+        n = info["motions"]["train"]
+        return n / dt, info["splits"]["train"] / dt, size / n
     finally:
         shutil.rmtree(out)
 
@@ -90,9 +92,9 @@ def main():
         print(f"{args.motions} constructed motions, {mean_len:.0f} frames on average (40-200), "
               f"8 placements each, {os.cpu_count()} CPUs")
         for workers in (1, 2):
-            m, c = motions_per_s(src, workers)
+            m, c, size = motions_per_s(src, workers)
             print(f"workers={workers}: {m:6.2f} motions/s  ({c:6.1f} radar clips/s, "
-                  f"{1 / m:.2f} s per motion)")
+                  f"{1 / m:.2f} s per motion, {size / 1e6:.1f} MB on disk per motion, float32)")
     finally:
         shutil.rmtree(src)
     print(f"spawn pool of 2 started in {pool_startup():.1f} s (included in workers=2 above)")

@@ -346,3 +346,18 @@ def test_mirror_listed_elsewhere_follows_its_original_empty_captions_skipped(tmp
     assert splits["val"]["000001A"]["captions"] == ["a person stands still"]
     skipped = json.load(open(os.path.join(root, "data_info.json")))["skipped"]
     assert skipped["mirror_moved"] == 1 and skipped["empty_caption"] == 1
+
+
+def test_float16_maps_load_as_the_float32_ones(tmp_path):
+    src = str(tmp_path / "HumanML3D")
+    _write_humanml3d(src)
+    kw = dict(placements="A", clutter_points=(0, 0))
+    with pytest.warns(UserWarning):
+        full = simulate_humanml3d(src, str(tmp_path / "f32"), **kw)
+        half = simulate_humanml3d(src, str(tmp_path / "f16"), dtype="float16", **kw)
+    a = RadarTextDataset(full, "test", max_motion_length=224, train=False)
+    b = RadarTextDataset(half, "test", max_motion_length=224, train=False)
+    with np.load(os.path.join(half, "mmwave", "000002A.npz")) as z:
+        assert z["range_time"].dtype == np.float16
+    for k in ("range_time", "doppler_time", "azimuth_time"):
+        np.testing.assert_allclose(b[0][k].numpy(), a[0][k].numpy(), atol=2e-3)

@@ -93,6 +93,7 @@ HUMANML3D_DEFAULTS = {
     "noise_power": 1e-6,
     "noise_looks": 16,
     "gain": 1000.0,
+    "dtype": "float32",            # of the maps on disk; float16 halves the disk (the loader reads float32)
     "seed": 0,
 }
 
@@ -127,6 +128,7 @@ def _write_clip(root, clip, maps, p):
     mm = os.path.join(root, "dataset", "HumanML3D")
     for letter, views in maps.items():
         key = clip["name"] + letter
+        views = {k: v.astype(p["dtype"]) for k, v in views.items()}
         if p["layout"] in ("project", "both"):
             with open(os.path.join(root, "mmwave", f"{key}.npz"), "wb") as f:
                 np.savez(f, **views)
@@ -177,6 +179,8 @@ def humanml3d_params(src_dir, **params):
     for key in ("placements", "eval_placements"):
         if not p[key] or set(p[key]) - set(PLACEMENTS) or len(set(p[key])) != len(p[key]):
             raise ValueError(f"simulate_humanml3d: {key}={p[key]!r}; expected distinct letters of {PLACEMENTS}")
+    if p["dtype"] not in ("float32", "float16"):
+        raise ValueError(f"simulate_humanml3d: dtype={p['dtype']!r}; expected float32 or float16")
     if p["layout"] not in ("project", "mmexpert", "both"):
         raise ValueError(f"simulate_humanml3d: layout={p['layout']!r}; expected project, mmexpert or both")
     if p["layout"] != "project" and "A" not in p["placements"]:
@@ -277,6 +281,8 @@ def main(argv=None):
     ap.add_argument("--min-frames", type=int, default=HUMANML3D_DEFAULTS["min_frames"])
     ap.add_argument("--max-frames", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                    help="maps on disk (a full HumanML3D build, 8 placements: ~60 GB float32)")
     ap.add_argument("--export-sim", type=int, metavar="N", help="instead: write N of the simulator's own "
                     "motions as a HumanML3D-format folder into --out")
     ap.add_argument("--num-val", type=int, default=None, help="--export-sim: val motions (default N/10, at least 1)")
@@ -294,7 +300,7 @@ def main(argv=None):
         ap.error("--src is required (or --export-sim N)")
     out = simulate_humanml3d(a.src, a.out, workers=a.workers, placements=a.placements,
                              eval_placements=a.eval_placements, layout=a.layout, min_frames=a.min_frames,
-                             max_frames=a.max_frames, seed=a.seed)
+                             max_frames=a.max_frames, seed=a.seed, dtype=a.dtype)
     with open(os.path.join(out, "data_info.json")) as f:
         info = json.load(f)
     print(f"{out}: {info['splits']} radar clips from {info['motions']} motions; skipped {info['skipped']}")
