@@ -24,6 +24,7 @@ from tqdm import tqdm
 from families import load_family
 from training import checkpoint as ckpt_io
 from training.accumulation import ModelAndLoss, forward_backward
+from training.compile import compile_towers
 from training.config import ConfigError, cli_keys, dump, load_config
 from training.data import ResumableDistributedSampler, to_device
 from training.distributed import all_reduce_mean, barrier, cleanup, init_distributed
@@ -149,6 +150,8 @@ def build_model(family, cfg, info):
         if not hasattr(model, "set_grad_checkpointing"):
             raise ConfigError(f"family {cfg['family']}: model has no set_grad_checkpointing")
         model.set_grad_checkpointing(True)
+    if cfg["torchcompile"]:
+        say(info, "torch.compile: " + ", ".join(compile_towers(model)))
     module = ModelAndLoss(model, criterion)
     ddp = module
     if info.distributed:

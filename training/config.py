@@ -68,6 +68,7 @@ TRAIN_DEFAULTS = {
     "precision": "auto",     # auto | fp32 | amp (fp16 + GradScaler) | amp_bf16
     "grad_clip_norm": None,
     "grad_checkpointing": False,
+    "torchcompile": False,   # torch.compile the model's towers (training/compile.py)
     "local_loss": False,
     "gather_with_grad": False,
     "ddp_find_unused": False,  # DDP find_unused_parameters, for models with optional branches
