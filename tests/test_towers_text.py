@@ -51,6 +51,9 @@ def test_bundled_minilm_when_pretrained_is_null():
     tower = TextTower({"pretrained": None, "freeze": True}, embed_dim=8)
     assert tower.pooling == "mean" and tower.frozen
     assert type(tower.backbone).__name__ == "BertModel"
+    # by name too (TimesCLIP's language branch on MiniLM: model.language.pretrained)
+    named = TextTower({"pretrained": "all-MiniLM-L6-v2"}, key="model.language")
+    assert named.source == tower.source
     unfrozen = TextTower({"pretrained": None}, embed_dim=8)
     # mean pooling never reads BERT's pooler: it must not train (DDP: no unused parameters)
     trainable = {n for n, p in unfrozen.named_parameters() if p.requires_grad}

@@ -25,7 +25,7 @@ from transformers import (ASTModel, AutoModel, ClapModel, ClapAudioModel, ClapTe
                           CLIPTextModel, CLIPVisionModel, ViTModel)
 from transformers.utils import logging as hf_logging
 
-from models.text_encoder import resolve_model_path
+from models.text_encoder import BUNDLED_NAMES, resolve_model_path
 
 TOWER_DEFAULTS = {"pretrained": None, "freeze": False, "unfreeze_last_n": 0, "layer_decay": 1.0,
                   "lr_mult": 1.0}
@@ -76,6 +76,8 @@ def resolve_pretrained(pretrained, key="model.tower.pretrained", bundled_text=Fa
         if bundled_text:
             return resolve_model_path(None)
         raise FileNotFoundError(f"{key}: null has no pretrained checkpoint")
+    if pretrained in BUNDLED_NAMES:   # "all-MiniLM-L6-v2", "bundled": the packaged copy
+        return resolve_model_path(pretrained)
     if os.path.isdir(pretrained):
         if not os.path.isfile(os.path.join(pretrained, "config.json")):
             raise FileNotFoundError(f"{key}: {pretrained!r} has no config.json (expected a "
