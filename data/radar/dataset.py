@@ -1,13 +1,20 @@
-"""Loader for mmExpert-format radar + text data (generated or real).
+"""Loader for radar + text data in either documented layout (generated or real).
 
-``RadarTextDataset(root, split, ...)`` reads ``root/_split/{split}.json``
-({key: {"filefolder", "fileindex", "captions"}}), the maps in
-``root/{filefolder}/mmwave/{fileindex}.npz`` and, when present, the action
-sequence in ``root/{filefolder}/meta/{fileindex}.json`` and the action list
-of ``root/data_info.json`` (real mmExpert data has neither: ``actions`` is
-then empty and ``label`` -1). Captions come from the split file, else from
-``texts/{fileindex}.txt``; only the text before the first ``#`` is used,
-lower-cased, trailing period stripped, cut to ``max_text_len`` words.
+``RadarTextDataset(root, split, ...)`` reads the split lists and clips of
+the layout ``root`` holds (data/radar/layouts.py: ``project``, three views
+in ``{filefolder}/mmwave/{fileindex}.npz``; ``mmexpert``, Doppler only in
+``udoppler/{fileindex}A.npy`` [T, 128] with rotated copies drawn in
+training), found by looking unless ``layout`` names it. ``split_files`` /
+``split_ratios`` combine several split lists (seed 001's ``train_split`` /
+``train_ratio``; subsets drawn from ``data_seed``). When present, the
+action sequence in ``{filefolder}/meta/{fileindex}.json`` and the action
+list of ``root/data_info.json`` (real data has neither: ``actions`` is then
+empty and ``label`` -1). Captions come from ``texts/{fileindex}.txt``
+(HumanML3D lines; a ``#start#end`` line is a clip of its own, seconds turned
+into frames with ``frame_rate``), else the split file; only the text before
+the first ``#`` is used, lower-cased, trailing period stripped, cut to
+``max_text_len`` words. Asking for views the layout lacks is an error that
+names them and says ``--data.radar_views doppler``.
 
 Options follow seed 001 (sections 4.1, 5.5):
 
@@ -25,10 +32,14 @@ Options follow seed 001 (sections 4.1, 5.5):
   item, both from ``training.data.item_rng(seed, epoch, index)``; call
   ``set_epoch``. ``train=False``: the whole clip from frame 0 (up to
   max_motion_length) and the first caption.
-* ``filter_invalid`` (False): drop clips with T outside ``t_range``
-  (default [100, 500)) or non-finite values (mmExpert's filter) with a
-  warning; by default such a file is an error naming the file, the key and
-  what was expected (non-finite values: when the item is loaded).
+* ``t_range`` ((100, 500): mmExpert keeps 100 <= T < 500; config keys
+  ``data.min_frames``, ``data.max_frames``; either bound None: open):
+  a file with T outside is an error naming the file and the keys;
+  a caption sub-segment outside is skipped and counted (HumanML3D's loader).
+* ``filter_invalid`` (False): drop clips with T outside ``t_range`` or
+  non-finite values (mmExpert's filter) with a warning; by default such a
+  file is an error naming the file, the key and what was expected
+  (non-finite values: when the item is loaded).
 
 Start-up: for real data the npz headers are read (T, keys, shapes) when the
 dataset is built, so a bad file fails before training; generated data
@@ -44,7 +55,9 @@ the first action in ``dataset.action_names``), ``num_actions`` int.
 Also: ``dataset.action_names`` and ``dataset.action_prompts`` (from
 data_info.json; empty for real data), ``dataset.clip_meta(i)`` (the clip's
 meta dict: actions with times, order-swapped captions), ``dataset.items[i]``
-({"key", "npz", "T", "captions", "meta", "actions"}).
+({"key", "kind", "npz" (the file), "rotations", "T", "offset" (of a
+sub-segment), "file_T", "captions", "meta", "actions"}), ``dataset.layout``
+and ``dataset.source_counts`` (clips kept per split list).
 """
 import json
 import os
@@ -55,7 +68,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.radar.text import clean_caption
+from data.radar.layouts import LAYOUT_VIEWS, find_layout, split_clips, split_sources
 from training.data import item_rng
 
 VIEWS = {"range_time": 256, "doppler_time": 128, "azimuth_time": 128}
@@ -126,10 +139,40 @@ def check_radar_file(path, views=tuple(VIEWS), arrays=None):
     return t
 
 
+def check_doppler_file(path, array=None):
+    """Validate one mmExpert udoppler .npy ([T, 128], time first; array given: also
+    finiteness) from its header. Returns T."""
+    if not os.path.exists(path):
+        raise RadarDataError(f"{path}: file not found (listed in the split file)")
+    try:
+        shape = np.load(path, mmap_mode="r").shape if array is None else array.shape
+    except (OSError, ValueError) as e:
+        raise RadarDataError(f"{path}: not a readable .npy file ({e})") from None
+    if len(shape) != 2 or shape[1] != VIEWS["doppler_time"]:
+        raise RadarDataError(f"{path}: shape {tuple(shape)}; expected [T, 128] Doppler-time, time "
+                             "first (mmExpert's udoppler layout)")
+    if array is not None and not np.all(np.isfinite(array)):
+        raise RadarDataError(f"{path}: non-finite values; expected finite floats")
+    return int(shape[0])
+
+
+def check_layout_views(root, layout, radar_views):
+    """Every view ``radar_views`` asks for is in the layout, else an error naming the missing ones."""
+    have = LAYOUT_VIEWS[layout]
+    missing = [v for v in parse_views(radar_views) if v not in have]
+    if missing:
+        raise RadarDataError(
+            f"{root}: the {layout} layout holds only {', '.join(have)}; data.radar_views="
+            f"{radar_views!r} also asks for {', '.join(missing)}, which are not there. Pass "
+            f"--data.radar_views doppler to train on what is there (the model is then built "
+            f"for that one view)")
+
+
 class RadarTextDataset(Dataset):
     def __init__(self, root, split, max_motion_length=496, min_motion_len=96, max_text_len=20,
                  unit_length=16, log_norm=True, radar_views="all", seed=0, train=True,
-                 filter_invalid=False, t_range=MMEXPERT_T_RANGE):
+                 filter_invalid=False, t_range=MMEXPERT_T_RANGE, layout=None, split_files=None,
+                 split_ratios=None, data_seed=0, frame_rate=20.0, log=print):
         self.root, self.split = root, split
         self.max_motion_length, self.min_motion_len = int(max_motion_length), int(min_motion_len)
         self.max_text_len, self.unit_length = max_text_len, int(unit_length)
@@ -138,12 +181,8 @@ class RadarTextDataset(Dataset):
         if self.max_motion_length % self.unit_length:
             raise ValueError(f"max_motion_length={max_motion_length} must be a multiple of "
                              f"unit_length={unit_length}")
-        split_path = os.path.join(root, "_split", f"{split}.json")
-        if not os.path.exists(split_path):
-            raise FileNotFoundError(f"{split_path}: split file not found; expected _split/{split}.json "
-                                    "under data.root (generate the data or point data.root at mmExpert data)")
-        with open(split_path) as f:
-            entries = json.load(f)
+        self.layout = layout or find_layout(root).name
+        check_layout_views(root, self.layout, radar_views)
         info_path = os.path.join(root, "data_info.json")
         info = {}
         if os.path.exists(info_path):
@@ -151,67 +190,79 @@ class RadarTextDataset(Dataset):
                 info = json.load(f)
         self.action_names = list(info.get("actions", []))
         self.action_prompts = dict(info.get("action_prompts", {}))
-
-        self.items, short, invalid = [], 0, 0
-        for key, e in entries.items():
-            for field in ("filefolder", "fileindex"):
-                if field not in e:
-                    raise RadarDataError(f"{split_path}: entry {key!r} lacks {field!r}; expected "
-                                         '{"filefolder", "fileindex", "captions"}')
-            folder = os.path.join(root, e["filefolder"])
-            npz = os.path.join(folder, "mmwave", f"{e['fileindex']}.npz")
-            meta_path = os.path.join(folder, "meta", f"{e['fileindex']}.json")
+        self.sources = split_sources(root, self.layout, split, split_files, split_ratios)
+        clips, self.source_counts = split_clips(root, self.layout, self.sources, data_seed, frame_rate,
+                                                max_text_len, train, log)
+        lo, hi = t_range if t_range else (None, None)
+        self.items, short, invalid, seg_out = [], 0, 0, 0
+        for clip in clips:
             meta = {}
-            if os.path.exists(meta_path):
-                with open(meta_path) as f:
+            if os.path.exists(clip["meta"]):
+                with open(clip["meta"]) as f:
                     meta = json.load(f)
             try:
-                # Generated data records T in meta/ (checked again when the clip is
-                # loaded); otherwise read it from the npz headers, which also
-                # catches missing keys and wrong shapes before training starts.
-                t = meta.get("num_frames")
-                if t is None or filter_invalid:
-                    t = check_radar_file(npz, self.views)
-                elif not os.path.exists(npz):
-                    raise RadarDataError(f"{npz}: file not found (listed in the split file)")
-                if t_range and not (t_range[0] <= t < t_range[1]):
-                    raise RadarDataError(f"{npz}: T={t} frames; expected {t_range[0]} <= T < {t_range[1]} "
-                                         "(filter_invalid=True drops such clips, t_range=None allows any T)")
-                if filter_invalid:
-                    with np.load(npz) as z:
-                        check_radar_file(npz, self.views, {k: z[k] for k in self.views})
+                t = self._num_frames(clip, meta, filter_invalid)
+                if t_range and not ((lo is None or lo <= t) and (hi is None or t < hi)):
+                    raise RadarDataError(f"{clip['path']}: T={t} frames; expected {lo} <= T < {hi} "
+                                         "(data.min_frames, data.max_frames; data.filter_invalid true "
+                                         "drops such clips)")
             except RadarDataError:
                 if not filter_invalid:
                     raise
                 invalid += 1
                 continue
-            if t < self.min_motion_len:
-                short += 1
-                continue
-            captions = self._captions(key, e, folder)
             actions = [a["name"] for a in meta.get("actions", [])]
-            self.items.append({"key": str(key), "npz": npz, "T": int(t), "captions": captions,
-                               "meta": meta_path, "actions": actions})
+            for span, captions in clip["spans"].items():
+                a, b = (0, t) if span is None else (span[0], min(span[1], t))
+                if span is not None and (b <= a or (t_range and not (
+                        (lo is None or lo <= b - a) and (hi is None or b - a < hi)))):
+                    seg_out += 1       # HumanML3D's loader skips such sub-segments too
+                    continue
+                if b - a < self.min_motion_len:
+                    short += 1
+                    continue
+                if not all(captions):
+                    raise RadarDataError(f"entry {clip['key']!r} of {clip['split_file']}: empty caption; "
+                                         "expected text before the first '#'")
+                self.items.append({
+                    "key": clip["key"] if span is None else f"{clip['key']}_f{a}-{b}",
+                    "kind": clip["kind"], "npz": clip["path"], "rotations": clip["rotations"],
+                    "T": int(b - a), "offset": int(a), "file_T": int(t), "captions": captions,
+                    # a sub-segment is not the clip that meta/ (actions, swapped captions) describes
+                    "meta": clip["meta"] if span is None else "", "actions": actions if span is None else []})
+        where = f"{self.sources[0][0]}" + (f" (+{len(self.sources) - 1} split files)" if len(self.sources) > 1 else "")
         if short:
-            warnings.warn(f"{split_path}: dropped {short} clips shorter than min_motion_len="
+            warnings.warn(f"{where}: dropped {short} clips shorter than min_motion_len="
                           f"{self.min_motion_len} frames")
+        if seg_out:
+            warnings.warn(f"{where}: skipped {seg_out} caption sub-segments (#start#end) empty or "
+                          f"outside {lo} <= T < {hi} frames")
         if invalid:
-            warnings.warn(f"{split_path}: dropped {invalid} clips with T outside [100, 500) or "
-                          "non-finite values (filter_invalid=True)")
+            warnings.warn(f"{where}: dropped {invalid} clips with T outside [{lo}, {hi}) or "
+                          "non-finite values (data.filter_invalid)")
         if not self.items:
-            raise RadarDataError(f"{split_path}: no usable clips")
+            raise RadarDataError(f"{where}: no usable clips")
 
-    def _captions(self, key, entry, folder):
-        raw = entry.get("captions") or []
-        if not raw:
-            txt = os.path.join(folder, "texts", f"{entry['fileindex']}.txt")
-            if not os.path.exists(txt):
-                raise RadarDataError(f"entry {key!r}: no 'captions' in the split file and {txt} not found")
-            raw = [line for line in open(txt).read().splitlines() if line.strip()]
-        caps = [clean_caption(c, self.max_text_len) for c in raw]
-        if not all(caps):
-            raise RadarDataError(f"entry {key!r}: empty caption; expected text before the first '#'")
-        return caps
+    def _num_frames(self, clip, meta, filter_invalid):
+        """T of the clip's file. Generated data records it in meta/ (checked again when the clip
+        is loaded); otherwise it comes from the file headers, which also catches missing keys
+        and wrong shapes before training starts."""
+        path = clip["path"]
+        if clip["kind"] == "npy":
+            # rotated copies are checked when drawn (their T against this one's)
+            t = check_doppler_file(path)
+            if filter_invalid:
+                check_doppler_file(path, np.load(path))
+            return t
+        t = meta.get("num_frames")
+        if t is None or filter_invalid:
+            t = check_radar_file(path, self.views)
+        elif not os.path.exists(path):
+            raise RadarDataError(f"{path}: file not found (listed in the split file)")
+        if filter_invalid:
+            with np.load(path) as z:
+                check_radar_file(path, self.views, {k: z[k] for k in self.views})
+        return t
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -222,35 +273,50 @@ class RadarTextDataset(Dataset):
     def clip_meta(self, index):
         """The clip's meta/{id}.json (actions with times, order-swapped captions) or {}."""
         path = self.items[index]["meta"]
-        if not os.path.exists(path):
+        if not path or not os.path.exists(path):
             return {}
         with open(path) as f:
             return json.load(f)
 
-    def _load(self, item):
-        try:
-            with np.load(item["npz"]) as z:
-                arrays = {k: z[k].astype(np.float32) for k in self.views if k in z.files}
-        except (OSError, ValueError) as e:
-            raise RadarDataError(f"{item['npz']}: not a readable .npz file ({e})") from None
-        t = check_radar_file(item["npz"], self.views, arrays)
-        if t != item["T"]:
-            raise RadarDataError(f"{item['npz']}: {t} frames but its meta/ file says num_frames="
-                                 f"{item['T']}; expected them to agree (regenerate the data)")
+    def _load(self, item, path):
+        """{view: float32 [bins, file T]} of the clip's file."""
+        if item["kind"] == "npy":
+            arr = np.load(path)
+            t = check_doppler_file(path, arr)
+            arrays = {"doppler_time": np.ascontiguousarray(arr.T, dtype=np.float32)}   # [128, T]
+        else:
+            try:
+                with np.load(path) as z:
+                    arrays = {k: z[k].astype(np.float32) for k in self.views if k in z.files}
+            except (OSError, ValueError) as e:
+                raise RadarDataError(f"{path}: not a readable .npz file ({e})") from None
+            t = check_radar_file(path, self.views, arrays)
+        if t != item["file_T"]:
+            was = (f"{item['npz']} has T={item['file_T']}" if path != item["npz"] else
+                   f"its meta/ file says num_frames={item['file_T']}")
+            raise RadarDataError(f"{path}: {t} frames but {was}; expected them to agree "
+                                 "(regenerate the data)")
         return arrays
 
     def __getitem__(self, index):
         item = self.items[index]
-        arrays = self._load(item)
         t_len, big = item["T"], self.max_motion_length
+        rng = item_rng(self.seed, self.epoch, index) if self.train else None
+        path = item["npz"]
+        if self.train and item["rotations"]:
+            # mmExpert's augmentation: one of the eight radar placements, drawn per epoch
+            # (its own stream: the crop and caption draws stay as without rotations)
+            path = item["rotations"][int(item_rng(self.seed + 11, self.epoch, index).integers(
+                len(item["rotations"])))]
+        arrays = self._load(item, path)
         if self.train:
-            rng = item_rng(self.seed, self.epoch, index)
             length = max(min(t_len, big) // self.unit_length * self.unit_length, self.unit_length)
             length = min(length, t_len)
             offset = int(rng.integers(0, t_len - length + 1))    # ONE offset for every view
             caption = item["captions"][int(rng.integers(len(item["captions"])))]
         else:
             length, offset, caption = min(t_len, big), 0, item["captions"][0]
+        offset += item["offset"]                                  # a caption's sub-segment
         out = {}
         for key in self.views:
             x = arrays[key][:, offset:offset + length]

@@ -1,14 +1,20 @@
 """Radar CLIP family (seeds 000 and 001): the contract of families/__init__.py.
 
-Data: data/radar/sim.py writes the mmExpert/HumanML3D format under
-``data.root``; data/radar/dataset.py reads it (simulated or real);
-data/radar/temporal.py adds each clip's order-swapped caption (from
-``meta/{id}.json``) as a hard negative. Model: models/radar/ (RadarEncoder,
-TextEncoder, CLIPModel); criterion: losses/radar_loss.py. Evaluation,
-figures and stage 2 are the modules beside this one.
+Data: data/radar/sim.py writes the project's three-view format under
+``data.root``; data/radar/humanml3d.py simulates a HumanML3D folder's
+motions into it (``data.humanml3d``); with ``data.generate false`` the
+folder is the user's, never written into, in either layout of
+data/radar/layouts.py (found by looking, or ``data.format``); the log says
+which. data/radar/dataset.py reads them all; data/radar/temporal.py adds
+each clip's order-swapped caption (from ``meta/{id}.json``) as a hard
+negative. Model: models/radar/ (RadarEncoder, TextEncoder, CLIPModel);
+criterion: losses/radar_loss.py. Evaluation, figures and stage 2 are the
+modules beside this one.
 """
-from data.cache import check_user_folder, derived_dir, resolve_root
-from data.radar.dataset import RadarTextDataset, collate_radar
+from data.cache import UserDataError, check_user_folder, derived_dir, resolve_root
+from data.radar.dataset import RadarTextDataset, check_layout_views, collate_radar
+from data.radar.humanml3d import simulate_humanml3d
+from data.radar.layouts import find_layout
 from data.radar.sim import ensure_radar_dataset
 from data.radar.temporal import TemporalNegatives
 from families.radar.evaluation import evaluate_radar
@@ -18,9 +24,17 @@ from losses.radar_loss import build_radar_criterion
 from models.radar.clip_model import build_clip_model
 
 DATA_KEYS = ("max_motion_length", "min_motion_len", "max_text_len", "unit_length",
-             "log_norm", "radar_views")
+             "log_norm", "radar_views", "filter_invalid", "frame_rate")
 
 collate = collate_radar  # tensors stacked, has_swap a BoolTensor, captions as lists
+_told = set()
+
+
+def _log_once(msg):
+    # the splits (and the text cache, and eval) build datasets of one folder: say it once
+    if msg not in _told:
+        _told.add(msg)
+        print(msg)
 
 
 def data_root(cfg):
@@ -36,13 +50,37 @@ def cache_dir(cfg):
     return derived_dir(data_root(cfg), "radar", d["generate"], d["cache_dir"])
 
 
+def simulate_from_humanml3d(cfg):
+    """data.humanml3d's motions as radar clips in data.root (ensure_generated's
+    rules: reused when built for the same source and parameters). Only clips
+    the loader keeps are simulated: min(T) = max(min_frames, min_motion_len),
+    T < max_frames (0: no bound)."""
+    d = cfg["data"]
+    params = {"seed": d["seed"], "frame_rate": float(d["frame_rate"]),
+              "min_frames": max(int(d["min_frames"] or 1), int(d["min_motion_len"])),
+              "max_frames": int(d["max_frames"]) - 1 if d["max_frames"] else None,
+              **(d.get("sim") or {})}
+    return simulate_humanml3d(d["humanml3d"], data_root(cfg), workers=d["gen_workers"], **params)
+
+
 def prepare_data(cfg):
     d, root = cfg["data"], data_root(cfg)
-    if d["generate"]:
+    if d["humanml3d"]:
+        if not d["generate"]:
+            raise UserDataError("--data.humanml3d simulates radar clips into data.root, which needs "
+                                "--data.generate true (to train on an earlier build, drop --data.humanml3d)")
+        simulate_from_humanml3d(cfg)
+        _log_once(f"radar data: {root}: radar clips simulated from the HumanML3D folder "
+                  f"{resolve_root(d['humanml3d'])} (project layout)")
+    elif d["generate"]:
         ensure_radar_dataset(root, d["num_train"], d["num_val"], d["num_test"], seed=d["seed"],
                              workers=d["gen_workers"], **(d.get("sim") or {}))
     else:
-        check_user_folder(root, "radar data (mmExpert format)")
+        check_user_folder(root, "radar data")
+        lay = find_layout(root, d["format"])
+        _log_once(f"radar data: {root}: {lay.name} layout detected"
+                  f"{' (forced by --data.format)' if d['format'] else ''}: {lay.description}")
+        check_layout_views(root, lay.name, d["radar_views"])
     if text_cache_enabled(cfg["model"]["text"]):  # reading every split is not free: only then
         build_text_cache(cache_dir(cfg), cfg["model"]["text"], build_datasets(cfg),
                          cfg["precision"])
@@ -51,8 +89,12 @@ def prepare_data(cfg):
 def build_datasets(cfg):
     d, root = cfg["data"], data_root(cfg)
     opts = {k: d[k] for k in DATA_KEYS}
+    layout = find_layout(root, None if d["generate"] else d["format"]).name
     return {split: TemporalNegatives(
-                RadarTextDataset(root, split, seed=cfg["seed"], train=split == "train", **opts),
+                RadarTextDataset(root, split, seed=cfg["seed"], train=split == "train", layout=layout,
+                                 t_range=(d["min_frames"] or None, d["max_frames"] or None),
+                                 split_files=d[f"{split}_split"], split_ratios=d[f"{split}_ratio"],
+                                 data_seed=d["seed"], log=_log_once, **opts),
                 seed=cfg["seed"])
             for split in ("train", "val", "test")}
 
