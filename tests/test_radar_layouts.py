@@ -158,7 +158,8 @@ def test_detection_forced_format_and_no_match(tmp_path, capsys):
 def test_mmexpert_from_its_repository_root_same_clips(tmp_path):
     repo = tmp_path / "mmExpert"
     inner = _mmexpert(repo / MM)
-    a = fam.build_datasets(tiny_cfg(inner, "--data.generate", "false", "--data.radar_views", "doppler"))
+    with pytest.warns(UserWarning, match="the val split equals the test split"):   # as mmExpert writes them
+        a = fam.build_datasets(tiny_cfg(inner, "--data.generate", "false", "--data.radar_views", "doppler"))
     b = fam.build_datasets(tiny_cfg(repo, "--data.generate", "false", "--data.radar_views", "doppler"))
     for s in ("train", "val", "test"):
         assert [it["npz"] for it in a[s].base.items] == [it["npz"] for it in b[s].base.items]
@@ -234,7 +235,7 @@ def test_t_range_and_min_motion_len_are_config_keys(tmp_path):
     assert [it["T"] for it in ds.base.items] == [120]
     ds = fam.build_datasets(tiny_cfg(root, *base, "--data.min_frames", "40", "--data.min_motion_len", "40"))
     assert [it["T"] for it in ds["train"].base.items] == [60, 120]
-    with pytest.warns(UserWarning, match="dropped 1 clips with T outside"):
+    with pytest.warns(UserWarning, match="dropped 1 clips without 100 <= T < 500"):
         ds = fam.build_datasets(tiny_cfg(root, *base, "--data.filter_invalid", "true"))
     assert [it["T"] for it in ds["train"].base.items] == [120]
     with pytest.raises(RadarDataError, match=r"x120A.npy: T=120 frames; expected 40 <= T < 100"):
@@ -270,13 +271,17 @@ def test_train_stage1_simulates_a_humanml3d_folder_then_trains(tmp_path, capsys)
     src = export_sim_motions(str(tmp_path / "h3d"), 4, 1, 2, seed=4)
     before = _tree(src)
     cache, logs = tmp_path / "radar", tmp_path / "logs"
-    args = tiny_args(cache, logs) + ["--data.humanml3d", src, "--data.sim", "{placements: A}",
-                                     "--max-steps", "2", "--name", "h3d"]
+    args = ["--preset", "humanml3d"] + tiny_args(cache, logs) + [
+        "--data.humanml3d", src, "--data.sim", "{placements: A}", "--max-steps", "2", "--name", "h3d"]
     train_stage1.main(args)
     assert "radar clips simulated from the HumanML3D folder" in capsys.readouterr().out
     marker = json.load(open(cache / ".structclip-generated.json"))["params"]
-    assert marker["source"] == src and marker["min_frames"] == 100 and marker["max_frames"] == 499
-    assert len(json.load(open(cache / "_split" / "test.json"))) == 2
+    # only the clips the loader keeps are simulated: HumanML3D's 40 <= T < 200
+    assert marker["source"] == src and marker["min_frames"] == 40 and marker["max_frames"] == 199
+    info = json.load(open(cache / "data_info.json"))
+    lengths = [json.load(open(cache / "meta" / f"{k}.json"))["num_frames"]
+               for s in ("train", "val", "test") for k in json.load(open(cache / "_split" / f"{s}.json"))]
+    assert all(40 <= t < 200 for t in lengths) and info["skipped"]["long"] >= 1   # > 10 s: skipped, counted
     m = eval_script.main(["--checkpoint", str(logs / "h3d" / "checkpoints" / "latest.pt"),
                           "--out", str(tmp_path / "eval")])
     assert m["t2r_chance_R@10"] == 1.0

@@ -156,6 +156,12 @@ def check_doppler_file(path, array=None):
     return int(shape[0])
 
 
+def span_text(lo, hi):
+    """The T range as text: '100 <= T < 500', 'T >= 40', 'T < 200', 'any T'."""
+    return " ".join(p for p in (f"{lo} <=" if lo else "", "T", f"< {hi}" if hi else "") if p) \
+        if lo or hi else "any T"
+
+
 def check_layout_views(root, layout, radar_views):
     """Every view ``radar_views`` asks for is in the layout, else an error naming the missing ones."""
     have = LAYOUT_VIEWS[layout]
@@ -203,7 +209,7 @@ class RadarTextDataset(Dataset):
             try:
                 t = self._num_frames(clip, meta, filter_invalid)
                 if t_range and not ((lo is None or lo <= t) and (hi is None or t < hi)):
-                    raise RadarDataError(f"{clip['path']}: T={t} frames; expected {lo} <= T < {hi} "
+                    raise RadarDataError(f"{clip['path']}: T={t} frames; expected {span_text(lo, hi)} "
                                          "(data.min_frames, data.max_frames; data.filter_invalid true "
                                          "drops such clips)")
             except RadarDataError:
@@ -236,9 +242,9 @@ class RadarTextDataset(Dataset):
                           f"{self.min_motion_len} frames")
         if seg_out:
             warnings.warn(f"{where}: skipped {seg_out} caption sub-segments (#start#end) empty or "
-                          f"outside {lo} <= T < {hi} frames")
+                          f"outside {span_text(lo, hi)} frames")
         if invalid:
-            warnings.warn(f"{where}: dropped {invalid} clips with T outside [{lo}, {hi}) or "
+            warnings.warn(f"{where}: dropped {invalid} clips without {span_text(lo, hi)} or "
                           "non-finite values (data.filter_invalid)")
         if not self.items:
             raise RadarDataError(f"{where}: no usable clips")

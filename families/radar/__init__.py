@@ -11,6 +11,8 @@ negative. Model: models/radar/ (RadarEncoder, TextEncoder, CLIPModel);
 criterion: losses/radar_loss.py. Evaluation, figures and stage 2 are the
 modules beside this one.
 """
+import warnings
+
 from data.cache import UserDataError, check_user_folder, derived_dir, resolve_root
 from data.radar.dataset import RadarTextDataset, check_layout_views, collate_radar
 from data.radar.humanml3d import simulate_humanml3d
@@ -35,6 +37,12 @@ def _log_once(msg):
     if msg not in _told:
         _told.add(msg)
         print(msg)
+
+
+def _warn_once(msg):
+    if msg not in _told:
+        _told.add(msg)
+        warnings.warn(msg)
 
 
 def data_root(cfg):
@@ -90,13 +98,18 @@ def build_datasets(cfg):
     d, root = cfg["data"], data_root(cfg)
     opts = {k: d[k] for k in DATA_KEYS}
     layout = find_layout(root, None if d["generate"] else d["format"]).name
-    return {split: TemporalNegatives(
+    data = {split: TemporalNegatives(
                 RadarTextDataset(root, split, seed=cfg["seed"], train=split == "train", layout=layout,
                                  t_range=(d["min_frames"] or None, d["max_frames"] or None),
                                  split_files=d[f"{split}_split"], split_ratios=d[f"{split}_ratio"],
                                  data_seed=d["seed"], log=_log_once, **opts),
                 seed=cfg["seed"])
             for split in ("train", "val", "test")}
+    val, test = ([(it["npz"], it["offset"]) for it in data[s].base.items] for s in ("val", "test"))
+    if val == test:   # mmExpert's split script writes test.json = val.json
+        _warn_once(f"{root}: the val split equals the test split: checkpoints chosen on val "
+                   "(monitor) are chosen on the test set; pass --data.val_split with a list of its own")
+    return data
 
 
 def build_model(cfg):
