@@ -143,6 +143,14 @@ def test_project_layout_without_marker_loads_trains_and_is_untouched(tmp_path, c
     assert ds.items[0]["captions"] == ["a person does a", "someone does a"]   # from texts/
 
 
+def test_clip_without_captions_names_the_texts_file(tmp_path):
+    root = _project(tmp_path / "mine")
+    os.remove(os.path.join(root, "texts", "b.txt"))
+    with pytest.raises(RadarDataError, match=r"entry 'b' of .*train.json: no captions; expected "
+                                             r"'captions' in the entry or .*texts/b.txt"):
+        fam.build_datasets(tiny_cfg(root, "--data.generate", "false"))
+
+
 def test_detection_forced_format_and_no_match(tmp_path, capsys):
     root = _mmexpert(tmp_path / "HumanML3D")
     cfg = tiny_cfg(root, "--data.generate", "false", "--data.radar_views", "doppler",

@@ -5,7 +5,8 @@
   text.py      HumanML3D-style captions and their order-swapped versions
   fmcw.py      FMCW radar maps (range, Doppler, azimuth x time)
   sim.py       the generator: writes the format under data.root
-  dataset.py   the loader (generated or real data) and its collate
+  layouts.py   the layouts a user's folder may hold (project, mmexpert), split lists
+  dataset.py   the loader (generated or real data, either layout) and its collate
   temporal.py  order-swapped captions as hard negatives (TemporalNegatives)
   probe.py     a linear probe of the data (``python -m data.radar.probe``)
 """

@@ -227,6 +227,9 @@ class RadarTextDataset(Dataset):
                 if b - a < self.min_motion_len:
                     short += 1
                     continue
+                if not captions:
+                    raise RadarDataError(f"entry {clip['key']!r} of {clip['split_file']}: no captions; "
+                                         f"expected 'captions' in the entry or {clip['txt']}")
                 if not all(captions):
                     raise RadarDataError(f"entry {clip['key']!r} of {clip['split_file']}: empty caption; "
                                          "expected text before the first '#'")

@@ -158,7 +158,7 @@ def split_clips(root, layout, sources, seed=0, frame_rate=20.0, max_words=None, 
                 log=print):
     """Every clip of the split lists: [{"key", "kind" ("npz" | "npy"), "path",
     "rotations" ([paths]: mmexpert, train), "folder", "spans" ({None or (a, b):
-    captions}), "meta"}], and the counts kept per source."""
+    captions}), "txt", "meta"}], and the counts kept per source."""
     clips, counts, told = [], [], set()
     for index, (path, ratio) in enumerate(sources):
         entries = subset(read_split(path), ratio, seed, index)
@@ -192,6 +192,6 @@ def split_clips(root, layout, sources, seed=0, frame_rate=20.0, max_words=None, 
                         "txt": os.path.join(parent, "texts", f"{idx}.txt"),
                         "meta": os.path.join(parent, "meta", f"{idx}.json")}
             clip.update(key=str(key), split_file=path,
-                        spans=clip_captions(clip.pop("txt"), e.get("captions"), frame_rate, max_words))
+                        spans=clip_captions(clip["txt"], e.get("captions"), frame_rate, max_words))
             clips.append(clip)
     return clips, counts
