@@ -68,6 +68,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.cache import UserDataError
 from data.radar.layouts import LAYOUT_VIEWS, find_layout, split_clips, split_sources
 from training.data import item_rng
 
@@ -76,7 +77,7 @@ VIEW_ALIASES = {"range": "range_time", "doppler": "doppler_time", "azimuth": "az
 MMEXPERT_T_RANGE = (100, 500)   # kept when 100 <= T < 500
 
 
-class RadarDataError(ValueError):
+class RadarDataError(UserDataError):
     """A radar file or split that does not match the mmExpert format."""
 
 

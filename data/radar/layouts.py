@@ -173,8 +173,8 @@ def split_clips(root, layout, sources, seed=0, frame_rate=20.0, max_words=None, 
             if (e["filefolder"], folder) not in told and os.path.normpath(
                     os.path.join(root, e["filefolder"])) != folder:
                 told.add((e["filefolder"], folder))
-                log(f"radar data: {os.path.basename(path)}: filefolder {e['filefolder']!r} is relative "
-                    f"to the mmExpert repository root; resolved against data.root as {folder}")
+                log(f"radar data: filefolder {e['filefolder']!r} of the split files is relative to "
+                    f"the mmExpert repository root; resolved against data.root as {folder}")
             idx = str(e["fileindex"])
             if layout == "project":
                 clip = {"kind": "npz", "path": os.path.join(folder, "mmwave", f"{idx}.npz"),

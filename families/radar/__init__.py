@@ -11,12 +11,13 @@ negative. Model: models/radar/ (RadarEncoder, TextEncoder, CLIPModel);
 criterion: losses/radar_loss.py. Evaluation, figures and stage 2 are the
 modules beside this one.
 """
+import os
 import warnings
 
 from data.cache import UserDataError, check_user_folder, derived_dir, resolve_root
 from data.radar.dataset import RadarTextDataset, check_layout_views, collate_radar
 from data.radar.humanml3d import simulate_humanml3d
-from data.radar.layouts import find_layout
+from data.radar.layouts import data_dir, find_layout
 from data.radar.sim import ensure_radar_dataset
 from data.radar.temporal import TemporalNegatives
 from families.radar.evaluation import evaluate_radar
@@ -86,8 +87,10 @@ def prepare_data(cfg):
     else:
         check_user_folder(root, "radar data")
         lay = find_layout(root, d["format"])
+        where = data_dir(root, lay.name)
         _log_once(f"radar data: {root}: {lay.name} layout detected"
-                  f"{' (forced by --data.format)' if d['format'] else ''}: {lay.description}")
+                  f"{' (forced by --data.format)' if d['format'] else ''}"
+                  f"{f' in {os.path.relpath(where, root)}/' if where != root else ''}: {lay.description}")
         check_layout_views(root, lay.name, d["radar_views"])
     if text_cache_enabled(cfg["model"]["text"]):  # reading every split is not free: only then
         build_text_cache(cache_dir(cfg), cfg["model"]["text"], build_datasets(cfg),
