@@ -77,7 +77,7 @@ def entity_heatmaps(model, dataset, patches, cfg, device, n, max_entities=3):
     feature, over the image, with the gold box drawn."""
     n = min(n, len(dataset))
     fig, axes = plt.subplots(n, max_entities + 1, figsize=(2.4 * (max_entities + 1), 2.6 * n), squeeze=False)
-    g = dataset.grid
+    gh, gw = model.patch_grid   # the tower's grid (a pretrained one's differs from the data's)
     autocast = make_autocast(cfg["precision"], device)
     for r in range(n):
         item = dataset.get(r, 0)
@@ -93,7 +93,7 @@ def entity_heatmaps(model, dataset, patches, cfg, device, n, max_entities=3):
                                                     item["entity_valid"][None].to(device))
             ent = F.normalize(model.entity_features(ent, p).float(), dim=-1)[0]    # [E, D]
             pf = F.normalize(model.object_proj(p).float(), dim=-1)[0]       # [P, D]
-        heat = (ent @ pf.t()).reshape(-1, g, g).cpu().numpy()
+        heat = (ent @ pf.t()).reshape(-1, gh, gw).cpu().numpy()
         phrases = [ph for ph in cap.phrases if ann.chain_boxes(ph.chain)]
         for e in range(max_entities):
             ax = axes[r, e + 1]

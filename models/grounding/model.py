@@ -11,7 +11,7 @@ from torchvision.ops import roi_align
 
 from data.grounding.spans import spans_to_token_mask
 from models.grounding.vit import VisionTransformer
-from models.text_encoder import TextEncoder
+from models.towers import VisionTower, build_text_encoder, tower_config
 
 
 def _rois(boxes):
@@ -60,11 +60,24 @@ class GatedCrossAttention(nn.Module):
         return (out, w) if return_weights else out
 
 
+def check_scratch_tower(settings, key):
+    """The tower keys a from-scratch tower cannot honour, refused by name."""
+    for k, default in (("unfreeze_last_n", 0), ("layer_decay", 1.0), ("lr_mult", 1.0)):
+        if settings[k] != default:
+            raise ValueError(f"{key}.{k}={settings[k]!r} needs {key}.pretrained (a checkpoint "
+                             "folder); the from-scratch tower has no pretrained blocks "
+                             "(lr_multipliers sets its learning rate)")
+
+
 class GroundingModel(nn.Module):
     def __init__(self, image_size=64, patch_size=8, vision_width=128, vision_depth=4, vision_heads=4, stem="linear",
                  embed_dim=128, object_pooling="roi_align", roi_output_size=2, crop_size=32,
                  entity_pooling="mean", text_head_layers=1, cross_attention=False,
-                 masked_negatives=True, text=None):
+                 masked_negatives=True, vision=None, text=None):
+        """``vision``: the model.vision tower section (pretrained null: the ViT
+        from scratch of the vision_* keys; else a CLIPVisionModel / ViTModel
+        folder run at its native resolution). ``text``: the model.text section
+        (null: the bundled MiniLM; a CLIP folder: its text tower)."""
         super().__init__()
         if object_pooling not in ("roi_align", "crop"):
             raise ValueError(f"model.object_pooling must be roi_align or crop, got {object_pooling!r}")
@@ -73,10 +86,24 @@ class GroundingModel(nn.Module):
         self.patch_size, self.grid = patch_size, image_size // patch_size
         self.object_pooling, self.roi_output_size, self.crop_size = object_pooling, roi_output_size, crop_size
         self.entity_pooling, self.masked_negatives = entity_pooling, masked_negatives
-        self.visual = VisionTransformer(image_size, patch_size, vision_width, vision_depth, vision_heads, stem=stem)
+        v = tower_config(vision, "model.vision")
+        self.pretrained_vision = v["pretrained"] is not None
+        if self.pretrained_vision:
+            # the checkpoint's own patch grid at its native resolution; masks drawn
+            # on the data's grid are resampled to it, boxes mapped to it
+            self.visual = VisionTower(v, "model.vision", use_mask_token=True)
+            vision_width = self.visual.hidden_size
+            self.patch_grid = self.visual.grid_size                         # (H', W')
+        else:
+            check_scratch_tower(v, "model.vision")
+            self.visual = VisionTransformer(image_size, patch_size, vision_width, vision_depth, vision_heads,
+                                            stem=stem)
+            self.patch_grid = (self.grid, self.grid)
+            if v["freeze"]:
+                self.visual.requires_grad_(False)
         self.image_proj = nn.Linear(vision_width, embed_dim)
         self.object_proj = nn.Linear(vision_width, embed_dim)
-        self.text = TextEncoder(embed_dim=embed_dim, **(text or {}))
+        self.text = build_text_encoder(text, "model.text", embed_dim)
         # a small trainable layer over the (frozen) text tokens so that span
         # features can specialise; the caption feature is its masked mean
         self.text_head = nn.ModuleList(
@@ -87,25 +114,56 @@ class GroundingModel(nn.Module):
         self.entity_proj = nn.Linear(embed_dim, embed_dim)
         self.cross_attention = GatedCrossAttention(embed_dim) if cross_attention else None
 
+    def train(self, mode=True):
+        super().train(mode)
+        if not self.pretrained_vision and not any(p.requires_grad for p in self.visual.parameters()):
+            self.visual.eval()   # a frozen scratch tower too: no dropout, deterministic features
+        return self
+
     def set_grad_checkpointing(self, enable=True):
-        self.visual.grad_checkpointing = enable
+        if self.pretrained_vision:
+            self.visual.set_grad_checkpointing(enable)
+        else:
+            self.visual.grad_checkpointing = enable
         self.text.set_grad_checkpointing(enable)
+
+    def _visual(self, image, patch_mask=None):
+        """-> pooled [B, C], patches [B, P, C] (row-major on patch_grid)."""
+        if not self.pretrained_vision:
+            return self.visual(image, patch_mask)
+        out = self.visual((image + 1) / 2, patch_mask)   # the data's [-1, 1] -> the tower's [0, 1]
+        return out.features, out.tokens
 
     def encode_image(self, image, patch_mask=None):
         """-> image features [B, D] and patch features [B, P, C] (before projection)."""
-        cls, patches = self.visual(image, patch_mask)
+        cls, patches = self._visual(image, patch_mask)
         return self.image_proj(cls), patches
 
     def encode_objects(self, image, patches, boxes):
         """boxes [B, O, 4] pixels -> [B, O, D]."""
-        if self.object_pooling == "roi_align":
+        B, O, _ = boxes.shape
+        if self.pretrained_vision:
+            feats = self._tower_objects(image, patches, boxes)
+        elif self.object_pooling == "roi_align":
             feats = roi_object_features(patches, boxes, self.grid, self.patch_size, self.roi_output_size)
         else:  # crop-and-resize each box from the pixels, encode it on its own
-            B, O, _ = boxes.shape
             crops = roi_align(image.float(), _rois(boxes.float()), self.crop_size, aligned=True)
             feats, _ = self.visual(crops.to(image.dtype))          # [B*O, C]
             feats = feats.reshape(B, O, -1)
         return self.object_proj(feats)
+
+    def _tower_objects(self, image, patches, boxes):
+        """Object features of a pretrained tower: RoI Align on its patch grid, or
+        each box cropped and resized to its native resolution and encoded. -> [B, O, C]"""
+        B, O, _ = boxes.shape
+        if self.object_pooling == "roi_align":
+            h, w = self.patch_grid
+            fmap = patches.transpose(1, 2).reshape(B, -1, h, w)                    # [B, C, H', W']
+            r = self.visual.roi_features(fmap.float(), list(boxes.float()), tuple(image.shape[-2:]),
+                                         self.roi_output_size)                      # [B*O, C, s, s]
+            return r.mean((2, 3)).reshape(B, O, -1).to(patches.dtype)
+        crops = self.visual.crop_and_resize(((image + 1) / 2).float(), list(boxes.float()))
+        return self.visual(crops.to(image.dtype)).features.reshape(B, O, -1)       # [B, O, C]
 
     def encode_text(self, captions, entity_spans, entity_valid):
         """-> caption features [B, D], entity features [B, E, D], entity valid [B, E],
