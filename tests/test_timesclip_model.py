@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel
+from transformers import AutoTokenizer, BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel
 
 from data.timesclip.dataset import collate
 from losses.timesclip_loss import TimesCLIPLoss
 from models.timesclip.encoders import PatchEmbedding, VisionEncoder, n_patches
+from models.text_encoder import resolve_model_path
 from models.timesclip.model import TimesCLIP
 
 
@@ -99,8 +100,8 @@ def test_alignment_gradient_reaches_both_views_and_scale():
 
 
 def test_frozen_vision_features_are_cached():
-    enc = VisionEncoder(d_model=8, image_size=16, backbone="vit", patch_size=8, width=16,
-                        n_layers=1, n_heads=2, freeze=True)
+    enc = VisionEncoder(d_model=8, image_size=16, patch_size=8, width=16,
+                        n_layers=1, n_heads=2, vision={"freeze": True})
     x = torch.randn(3, 18, 7)
     a = enc(x)
     assert len(enc.index) == 3 and a.shape == (3, 7, 8)
@@ -123,7 +124,7 @@ def _items(n, seed=0):
 def test_frozen_vision_cache_lookup_reads_nothing_back_from_the_device(monkeypatch):
     """The cached step names the batch's series on the host (the collate's
     keys) and gathers features on the device: no host read at all."""
-    m = TimesCLIP(**dict(SMALL, freeze_vision=True)).eval()
+    m = TimesCLIP(**dict(SMALL, vision={"freeze": True})).eval()
     batch = collate(_items(4))
     first = m(batch)
     for name in HOST_READS:
@@ -143,8 +144,8 @@ def _direct(enc, x):
 
 
 def test_frozen_vision_cache_is_exact_when_full_with_repeats_and_reloaded():
-    enc = VisionEncoder(d_model=8, image_size=16, backbone="vit", patch_size=8, width=16,
-                        n_layers=1, n_heads=2, freeze=True, cache_size=3 * 7 + 6)   # 3 rows
+    enc = VisionEncoder(d_model=8, image_size=16, patch_size=8, width=16, n_layers=1, n_heads=2,
+                        vision={"freeze": True}, cache_size=3 * 7 + 6)   # 3 rows
     xs = torch.stack([it["x"] for it in _items(5)])               # [5, 18, 7]
     keys = [b"k0", b"k1", b"k2", b"k3", b"k4"]
     with torch.no_grad():
@@ -190,19 +191,28 @@ def test_short_training_beats_the_mean_forecast():
 
 def test_pretrained_backbones_load_from_local_dirs(tmp_path):
     # A local CLIP vision checkpoint behind the chart view and a local BERT
-    # body (MiniLM's architecture, tiny and random here) behind the new
-    # linear tokenizer; the body's weights are the saved ones.
+    # body (MiniLM's architecture, tiny and random here, with the bundled
+    # MiniLM's tokenizer) behind the new linear tokenizer; the body's weights
+    # are the saved ones.
     cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                            num_attention_heads=2, image_size=16, patch_size=8)
     CLIPVisionModel(cfg).save_pretrained(tmp_path / "clip")
     bert = BertModel(BertConfig(hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=48, vocab_size=50))
+                                intermediate_size=48, vocab_size=30522))
     bert.save_pretrained(tmp_path / "bert")
-    m = TimesCLIP(**dict(SMALL, vision_backbone=str(tmp_path / "clip"),
-                         language_backbone=str(tmp_path / "bert")))
+    AutoTokenizer.from_pretrained(resolve_model_path(None)).save_pretrained(tmp_path / "bert")
+    m = TimesCLIP(**dict(SMALL, vision={"pretrained": str(tmp_path / "clip")},
+                         language={"pretrained": str(tmp_path / "bert")}))
     out = m({"x": torch.randn(2, 18, 7)})
     assert out["forecast"].shape == (2, 18, 7) and out["vision"].shape == (2, 7, 16)
     w = "encoder.layer.0.attention.self.query.weight"
-    assert torch.equal(m.language.body.state_dict()[w], bert.state_dict()[w])
-    with pytest.raises(ValueError, match="expects 16px images"):
-        TimesCLIP(**dict(SMALL, image_size=32, vision_patch=8, vision_backbone=str(tmp_path / "clip")))
+    assert torch.equal(m.language.body.backbone.state_dict()[w], bert.state_dict()[w])
+    with pytest.raises(ValueError, match="trained on 16x16 px images; model.image_size is 32: "
+                                         "pass --model.image_size 16"):
+        TimesCLIP(**dict(SMALL, image_size=32, vision={"pretrained": str(tmp_path / "clip")}))
+
+
+@pytest.mark.parametrize("key", ["vision", "language"])
+def test_tower_keys_a_scratch_body_cannot_honour_are_refused(key):
+    with pytest.raises(ValueError, match=f"model.{key}.layer_decay=0.5 needs model.{key}.pretrained"):
+        TimesCLIP(**dict(SMALL, **{key: {"layer_decay": 0.5}}))

@@ -23,7 +23,7 @@ def test_accum_freq_2_ends_with_the_weights_of_accum_freq_1(tmp_path, one_torch_
 
     monkeypatch.setattr(VisionEncoder, "forward", recording_forward)
     args = ["--family", "timesclip", "--data.root", str(tmp_path / "data"), *TINY,
-            "--model.dropout", "0.0", "--model.freeze_vision", freeze, "--precision", "fp32",
+            "--model.dropout", "0.0", "--model.vision.freeze", freeze, "--precision", "fp32",
             "--batch-size", "8", "--max-steps", "3", "--val-every", "0", "--save-every", "0",
             "--logs", str(tmp_path / "logs")]
     ck = {}

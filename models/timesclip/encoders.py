@@ -3,10 +3,26 @@ the language branch reads each variate as a sequence of patch tokens, the
 vision branch reads each variate as its own line chart."""
 import torch
 import torch.nn as nn
-from transformers import AutoModel, CLIPVisionModel
+from torch.utils.checkpoint import checkpoint
 
-from models.text_encoder import resolve_model_path
 from models.timesclip.render import render_variates
+from models.towers import TextTower, VisionTower, tower_config
+
+
+def check_scratch_tower(settings, key):
+    """The tower keys a from-scratch body cannot honour, refused by name."""
+    for k, default in (("unfreeze_last_n", 0), ("layer_decay", 1.0), ("lr_mult", 1.0)):
+        if settings[k] != default:
+            raise ValueError(f"{key}.{k}={settings[k]!r} needs {key}.pretrained (a checkpoint "
+                             "folder); the from-scratch body has no pretrained blocks "
+                             "(lr_multipliers sets its learning rate)")
+
+
+def run_layers(layers, x, grad_checkpointing):
+    """nn.TransformerEncoder layers in order, each checkpointed if asked."""
+    for layer in layers:
+        x = checkpoint(layer, x, use_reentrant=False) if grad_checkpointing else layer(x)
+    return x
 
 
 def n_patches(n_steps, patch_length, stride):
@@ -37,31 +53,51 @@ class PatchEmbedding(nn.Module):
 
 class LanguageEncoder(nn.Module):
     """Patch tokens of each variate + CLS + learnable positions + a variate
-    embedding -> a transformer body. ``backbone``: ``scratch`` (nn.Transformer
-    layers) or ``minilm`` / a local path (the pretrained text transformer body
-    of transformers.AutoModel, fed through ``inputs_embeds``: the new linear
-    tokenizer stands in for its word embedding).
+    embedding -> a transformer body. ``language``: the model.language tower
+    section; pretrained null = nn.Transformer layers from scratch, else a text
+    model folder (CLIP: its text transformer, every token seeing every other;
+    ``all-MiniLM-L6-v2``: the bundled MiniLM) fed through its embeddings
+    input: the new linear tokenizer stands in for its token embedding.
     Returns tokens [B, V, 1 + M, D]; index 0 is the variate's CLS."""
 
     def __init__(self, n_variates, max_patches, patch_length=6, stride=3, d_model=128,
-                 n_layers=2, n_heads=4, dropout=0.1, backbone="scratch"):
+                 n_layers=2, n_heads=4, dropout=0.1, language=None):
         super().__init__()
         self.patch = PatchEmbedding(patch_length, stride, d_model)
         self.cls = nn.Parameter(torch.randn(d_model) * 0.02)
         self.pos = nn.Parameter(torch.randn(max_patches + 1, d_model) * 0.02)
         self.variate = nn.Embedding(n_variates, d_model)
-        self.backbone = backbone
-        if backbone == "scratch":
+        settings = tower_config(language, "model.language")
+        self.pretrained = settings["pretrained"] is not None
+        self.grad_checkpointing = False
+        if not self.pretrained:
+            check_scratch_tower(settings, "model.language")
             layer = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout,
                                                batch_first=True, norm_first=True, activation="gelu")
             self.body = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-            self.to_body = self.from_body = nn.Identity()
+            if settings["freeze"]:
+                self.body.requires_grad_(False)
+            self.to_body = nn.Identity()
         else:
-            path = resolve_model_path(None if backbone == "minilm" else backbone)
-            self.body = AutoModel.from_pretrained(path, local_files_only=True)
-            hidden = self.body.config.hidden_size
-            self.to_body, self.from_body = nn.Linear(d_model, hidden), nn.Linear(hidden, d_model)
+            # the tower's own projection (hidden -> d_model) maps back from the body
+            self.body = TextTower(settings, "model.language", embed_dim=d_model)
+            # the token embedding is never read (the patch tokenizer replaces it):
+            # it does not train, so DDP finds no parameter without a gradient
+            self.body.backbone.get_input_embeddings().requires_grad_(False)
+            self.to_body = nn.Linear(d_model, self.body.hidden_size)
         self.norm = nn.LayerNorm(d_model)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if not self.pretrained and not any(p.requires_grad for p in self.body.parameters()):
+            self.body.eval()
+        return self
+
+    def set_grad_checkpointing(self, enable=True):
+        if self.pretrained:
+            self.body.set_grad_checkpointing(enable)
+        else:
+            self.grad_checkpointing = enable
 
     def forward(self, x):
         b, t, v = x.shape
@@ -73,10 +109,13 @@ class LanguageEncoder(nn.Module):
         tok = torch.cat([cls, tok], 2) + self.pos[: m + 1]         # [B, V, 1+M, D]
         tok = tok + self.variate.weight[:v].view(1, v, 1, d)
         seq = tok.reshape(b * v, m + 1, d)
-        if self.backbone == "scratch":
-            seq = self.body(seq)
+        if self.pretrained:
+            hidden = self.body.encode_embeds(self.to_body(seq), causal=False)   # [BV, 1+M, H]
+            seq = self.body.proj(hidden)                                        # [BV, 1+M, D]
+        elif self.grad_checkpointing and self.training:
+            seq = run_layers(self.body.layers, seq, True)
         else:
-            seq = self.from_body(self.body(inputs_embeds=self.to_body(seq)).last_hidden_state)
+            seq = self.body(seq)
         return self.norm(seq).view(b, v, m + 1, d)
 
 
@@ -95,46 +134,53 @@ class ViT(nn.Module):
                                            norm_first=True, activation="gelu")
         self.body = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
-        self.width = width
+        self.width, self.grad_checkpointing = width, False
 
     def forward(self, img):
         tok = self.conv(img * 2 - 1).flatten(2).transpose(1, 2)   # [N, P, W]
         tok = torch.cat([self.cls.expand(len(tok), 1, -1), tok], 1) + self.pos
+        if self.grad_checkpointing and self.training:
+            return self.norm(run_layers(self.body.layers, tok, True)[:, 0])
         return self.norm(self.body(tok)[:, 0])                     # [N, W]
 
 
 class VisionEncoder(nn.Module):
     """Each variate drawn as its own chart (torch rasteriser, in the batch's
-    device) and encoded: [B, T, V] -> [B, V, D]. ``backbone``: ``vit`` (from
-    scratch) or a local CLIP checkpoint directory (transformers
-    CLIPVisionModel).
+    device) and encoded: [B, T, V] -> [B, V, D]. ``vision``: the model.vision
+    tower section; pretrained null = a small ViT from scratch, else a
+    CLIPVisionModel / ViTModel folder at its native resolution (the paper: a
+    frozen CLIP ViT-B/16 at 224 px; ``image_size`` must be that).
 
-    ``freeze``: the backbone is frozen and its features are cached by the
-    series' content (the same window always draws the same chart). The keys
-    are host-side names of each sample's series (``keys``, the collate's
-    ``key``): a lookup reads nothing back from the device, and the features
-    sit in a table on the features' device, gathered by row. Without
-    ``keys`` the content is read back to the host to name it (a sync)."""
+    A frozen body (``vision.freeze``, no block unfrozen) has its features
+    cached by the series' content (the same window always draws the same
+    chart). The keys are host-side names of each sample's series (``keys``,
+    the collate's ``key``): a lookup reads nothing back from the device, and
+    the features sit in a table on the features' device, gathered by row.
+    Without ``keys`` the content is read back to the host to name it (a sync)."""
 
-    def __init__(self, d_model=128, image_size=64, line_width=1.5, backbone="vit", patch_size=8,
-                 width=128, n_layers=2, n_heads=4, freeze=False, cache_size=200000):
+    def __init__(self, d_model=128, image_size=64, line_width=1.5, patch_size=8, width=128,
+                 n_layers=2, n_heads=4, vision=None, cache_size=200000):
         super().__init__()
         self.image_size, self.line_width = image_size, line_width
-        self.backbone = backbone
-        if backbone == "vit":
+        settings = tower_config(vision, "model.vision")
+        self.pretrained = settings["pretrained"] is not None
+        if not self.pretrained:
+            check_scratch_tower(settings, "model.vision")
             self.body = ViT(image_size, patch_size, width, n_layers, n_heads)
             out = width
+            if settings["freeze"]:
+                self.body.requires_grad_(False)
+            self.freeze = settings["freeze"]
         else:
-            self.body = CLIPVisionModel.from_pretrained(backbone, local_files_only=True)
-            out = self.body.config.hidden_size
-            cfg_size = self.body.config.image_size
-            if cfg_size != image_size:
-                raise ValueError(f"VisionEncoder: {backbone} expects {cfg_size}px images, "
-                                 f"model.image_size is {image_size}")
+            self.body = VisionTower(settings, "model.vision")
+            out = self.body.hidden_size
+            if self.body.image_size != (image_size, image_size):
+                raise ValueError(f"model.vision.pretrained {settings['pretrained']!r} is trained on "
+                                 f"{self.body.image_size[0]}x{self.body.image_size[1]} px images; "
+                                 f"model.image_size is {image_size}: pass --model.image_size "
+                                 f"{self.body.image_size[0]}")
+            self.freeze = self.body.frozen
         self.proj = nn.Linear(out, d_model)
-        self.freeze = freeze
-        if freeze:
-            self.body.requires_grad_(False)
         # Frozen-feature cache: key -> row of self.table [rows, V, F], at most
         # cache_size charts. Neither is state: it is rebuilt from the weights,
         # and cleared when they load.
@@ -142,16 +188,20 @@ class VisionEncoder(nn.Module):
         self.register_load_state_dict_pre_hook(lambda module, *args: module.clear_cache())
         self._buf = None
 
+    def set_grad_checkpointing(self, enable=True):
+        if self.pretrained:
+            self.body.set_grad_checkpointing(enable)
+        else:
+            self.body.grad_checkpointing = enable
+
     def clear_cache(self):
         self.index, self.table = {}, None
 
     def _encode(self, img):
-        if self.backbone == "vit":
+        """Charts [N, 3, S, S] in [0, 1] -> [N, F]."""
+        if not self.pretrained:
             return self.body(img)
-        # CLIP's own pixel normalisation (OpenAI mean/std).
-        mean = img.new_tensor([0.4815, 0.4578, 0.4082]).view(1, 3, 1, 1)
-        std = img.new_tensor([0.2686, 0.2613, 0.2758]).view(1, 3, 1, 1)
-        return self.body(pixel_values=(img - mean) / std).pooler_output
+        return self.body(img).features   # the tower normalises with its checkpoint's statistics
 
     def render(self, x):
         # One reused canvas buffer (no page faults per batch). Safe under

@@ -32,10 +32,11 @@ class VariateSelection(nn.Module):
 
 class TimesCLIP(nn.Module):
     def __init__(self, n_variates=7, input_len=18, pred_len=18, d_model=128, patch_length=6,
-                 stride=3, n_layers=2, n_heads=4, dropout=0.1, language_backbone="scratch",
-                 use_vision=True, use_language=True, image_size=64, line_width=1.5,
-                 vision_backbone="vit", vision_patch=8, vision_width=128, vision_layers=2,
-                 freeze_vision=False, embed_dim=128):
+                 stride=3, n_layers=2, n_heads=4, dropout=0.1, use_vision=True, use_language=True,
+                 image_size=64, line_width=1.5, vision_patch=8, vision_width=128, vision_layers=2,
+                 embed_dim=128, vision=None, language=None):
+        """``vision`` / ``language``: the model.vision / model.language tower
+        sections (pretrained null: the bodies from scratch)."""
         super().__init__()
         if not (use_vision or use_language):
             raise ValueError("TimesCLIP: use_vision and use_language are both off; need at least one")
@@ -44,19 +45,25 @@ class TimesCLIP(nn.Module):
         m = n_patches(input_len, patch_length, stride)
         if use_language:
             self.language = LanguageEncoder(n_variates, m, patch_length, stride, d_model,
-                                            n_layers, n_heads, dropout, language_backbone)
+                                            n_layers, n_heads, dropout, language)
             self.language_proj = nn.Linear(d_model, embed_dim)
             self.select = VariateSelection(d_model, n_heads)
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(m * d_model, pred_len))
         if use_vision:
-            self.vision = VisionEncoder(d_model, image_size, line_width, vision_backbone,
-                                        vision_patch, vision_width, vision_layers, n_heads,
-                                        freeze_vision)
+            self.vision = VisionEncoder(d_model, image_size, line_width, vision_patch, vision_width,
+                                        vision_layers, n_heads, vision)
             self.vision_proj = nn.Linear(d_model, embed_dim)
             if not use_language:
                 self.head = nn.Sequential(nn.Linear(d_model + 3, d_model), nn.GELU(),
                                           nn.Linear(d_model, pred_len))
         self.feature_dim = d_model
+
+    def set_grad_checkpointing(self, enable=True):
+        """--grad-checkpointing: the chart and language bodies' blocks (a frozen
+        chart tower has no activations to save: its features come from the cache)."""
+        for branch in ("vision", "language"):
+            if hasattr(self, branch):
+                getattr(self, branch).set_grad_checkpointing(enable)
 
     def encode(self, x, keys=None):
         """x [B, T, V] -> dict: ``tokens`` [B, V, M, D] after variate
