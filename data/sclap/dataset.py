@@ -4,7 +4,10 @@ The files are read by data/sclap/audio_io.py (FLAC/WAV, resampled to the
 model's rate, the long-clip policy) and the front end (log-mels + intensity
 vectors) is computed once per split and cached as a float16 .npy (in our
 generated folder; under data_cache/ for a user's folder, see families/sclap),
-which is what lets two CPU cores train on it. Every caption of an item is
+which is what lets two CPU cores train on it. With a pretrained audio tower
+(``wave_rate`` set) the W channel's samples are cached beside them (float16,
+the same window, read at ``wave_rate``) and handed to the model as ``wave``;
+without one nothing of that is read or stored. Every caption of an item is
 kept: training draws one per item per epoch (the same index for pos, neg_t
 and neg_s), evaluation ranks them all (families/sclap/evaluation.py).
 """
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from data.cache import UserDataError
 from data.sclap.audio_io import AudioFileError, audio_info, files_rate, read_foa
 from data.sclap.layouts import read_split
 from data.sclap.manifest import VARIANTS
@@ -125,6 +129,26 @@ def cached_features(root, rows, frontend_cfg, tag, cache_dir=None, batch=32, rea
     return cached_array(path, compute)
 
 
+def cached_wave(root, rows, rate, clip_seconds, tag, cache_dir, read, extra=None):
+    """The W channel of the rows' files at ``rate``, [N, rate * clip_seconds]
+    float16, cached as .npy beside the features (keyed by the files, the
+    rate, the window and the long-clip settings). ``read(row)`` -> [4, n]."""
+    extra = extra or {}
+    if extra.get("long_clips") == "stride":
+        raise UserDataError(f"data.long_clips stride pools the front end's frames of a whole long "
+                            f"file; a pretrained audio tower (model.audio.pretrained) takes a "
+                            f"waveform window: use data.long_clips join or truncate ({tag})")
+    settings = {"what": "W waveform", "sample_rate": rate, "clip_seconds": clip_seconds, **extra}
+    path = os.path.join(cache_dir or root, f"wave_{tag}_{clips_key(root, rows, settings)}.npy")
+
+    def compute():
+        out = np.empty((len(rows), int(rate * clip_seconds)), np.float16)
+        for i, r in enumerate(rows):
+            out[i] = read(r)[0]
+        return out
+    return cached_array(path, compute)
+
+
 def _pooled(fe, clip, T):
     """Features of one clip of any length, frames average-pooled to T. [1, 7, T, M]"""
     logmel, iv = fe(torch.from_numpy(clip)[None])
@@ -139,10 +163,13 @@ class STClothoDataset(Dataset):
     """Triplets of one split. Item i -> dict with
     feats [3, 7, T, M] (pos, neg_t, neg_s), doa [3, 2, 3] unit vectors, sectors [3, 2],
     captions / plain_captions (3 strings each: caption k of every variant; k = 0
-    outside training, drawn per item and epoch from item_rng in training)."""
+    outside training, drawn per item and epoch from item_rng in training);
+    with ``wave_rate`` also wave [3, n] (the W channel at that rate, not
+    SpecAugment-ed)."""
 
     def __init__(self, root, split, frontend_cfg, spec_augment=None, seed=0, with_single=False,
-                 cache_dir=None, layout="manifest", long_clips="join", resample=True, log=print):
+                 cache_dir=None, layout="manifest", long_clips="join", resample=True, log=print,
+                 wave_rate=None):
         items, singles = read_split(root, layout, split)
         self.items, self.root, self.layout = items, root, layout
         self.split, self.seed, self.epoch = split, seed, 0
@@ -156,22 +183,36 @@ class STClothoDataset(Dataset):
         self.sample_rate, self.clip_seconds = fe["sample_rate"], fe["clip_seconds"]
         self.feats = cached_features(root, flat, fe, split, self.cache_dir, read=self.read_clip,
                                      extra=self.audio_extra)
+        self.wave_rate, self.wave = wave_rate, None
+        if wave_rate:
+            self.wave = cached_wave(root, flat, wave_rate, self.clip_seconds, split, self.cache_dir,
+                                    self.read_wave, self.audio_extra)
         self.doa = np.stack([_doa_target(r) for r in flat]).reshape(len(self.items), 3, 2, 3)
         self.sectors = np.array([[sector_of(r["event1_azimuth"]), sector_of(r["event2_azimuth"])]
                                  for r in flat]).reshape(len(self.items), 3, 2)
         self.singles = singles
-        self.single_feats = None
+        self.single_feats = self.single_wave = None
         if with_single and self.singles:
             s_fe, s_extra = audio_settings(root, singles, frontend_cfg, long_clips, resample,
                                            split + " single", log)
             self.single_feats = cached_features(root, self.singles, s_fe, split + "_single",
                                                 self.cache_dir, read=self.read_clip, extra=s_extra)
+            if wave_rate:
+                self.single_wave = cached_wave(root, self.singles, wave_rate, self.clip_seconds,
+                                               split + "_single", self.cache_dir, self.read_wave,
+                                               s_extra)
             self.single_doa = np.stack([_doa_target(r, 1)[0] for r in self.singles])
             self.single_sector = np.array([sector_of(r["event1_azimuth"]) for r in self.singles])
 
     def read_clip(self, row):
         """The FOA samples the front end sees for this row: [4, n] (or longer, stride)."""
         return read_foa(os.path.join(self.root, row["file_name"]), self.sample_rate, self.clip_seconds,
+                        self.long_clips, row.get("join_s"))
+
+    def read_wave(self, row):
+        """The same window read at ``wave_rate`` (torchaudio resampling from
+        the file's rate, once): [4, wave_rate * clip_seconds]."""
+        return read_foa(os.path.join(self.root, row["file_name"]), self.wave_rate, self.clip_seconds,
                         self.long_clips, row.get("join_s"))
 
     def num_captions(self, i):
@@ -208,7 +249,10 @@ class STClothoDataset(Dataset):
         if self.spec_augment:
             feats = torch.stack([self._augment(f, rng) for f in feats])
         it = self.items[i]
-        return {"feats": feats, "doa": torch.from_numpy(self.doa[i]),
+        extra = {}
+        if self.wave is not None:
+            extra["wave"] = torch.from_numpy(np.array(self.wave[3 * i:3 * i + 3], dtype=np.float32))
+        return {**extra, "feats": feats, "doa": torch.from_numpy(self.doa[i]),
                 "sectors": torch.from_numpy(self.sectors[i]),
                 "captions": [it[v]["captions"][k] for v in VARIANTS],
                 "plain_captions": [it[v]["plain_captions"][k % len(it[v]["plain_captions"])]
@@ -224,7 +268,8 @@ def collate(items):
     """Batch of B triplets; caption lists are flat and item-major (3 * B strings)."""
     caps = [c for it in items for c in it["captions"]]
     plain = [c for it in items for c in it["plain_captions"]]
-    return {"feats": torch.stack([it["feats"] for it in items]),       # [B, 3, 7, T, M]
+    extra = {"wave": torch.stack([it["wave"] for it in items])} if "wave" in items[0] else {}  # [B, 3, n]
+    return {**extra, "feats": torch.stack([it["feats"] for it in items]),  # [B, 3, 7, T, M]
             "doa": torch.stack([it["doa"] for it in items]),           # [B, 3, 2, 3]
             "sectors": torch.stack([it["sectors"] for it in items]),   # [B, 3, 2]
             "caption_ids": torch.tensor([_text_id(c) for c in caps]).view(-1, 3),

@@ -25,6 +25,7 @@ from data.sclap.layouts import LAYOUTS, detect
 from families.sclap.evaluation import evaluate_sclap
 from losses.sclap_loss import SCLAPLoss
 from models.sclap.model import build_sclap
+from models.sclap.towers import is_tower
 from training.config import REPO_ROOT
 
 FRONTEND_KEYS = ("sample_rate", "clip_seconds", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
@@ -102,6 +103,13 @@ def frontend_cfg(cfg):
     return {k: cfg["data"][k] for k in FRONTEND_KEYS}
 
 
+def wave_rate(cfg):
+    """The rate of the W waveform the data hands the model: data.sample_rate
+    with a pretrained audio tower (which resamples it to its checkpoint's
+    rate), None without one (the default path reads no waveform)."""
+    return cfg["data"]["sample_rate"] if (cfg["model"].get("audio") or {}).get("pretrained") else None
+
+
 def build_datasets(cfg):
     d, root = cfg["data"], data_dir(cfg)
     aug = None
@@ -110,14 +118,34 @@ def build_datasets(cfg):
     fe, layout, cache = frontend_cfg(cfg), layout_of(cfg), cache_dir(cfg)
     return {split: STClothoDataset(root, split, fe, spec_augment=aug, seed=cfg["seed"],
                                    with_single=split == "test", cache_dir=cache, layout=layout,
-                                   long_clips=d["long_clips"], resample=d["resample"])
+                                   long_clips=d["long_clips"], resample=d["resample"],
+                                   wave_rate=wave_rate(cfg))
             for split in ("train", "val", "test")}
+
+
+LEGACY_TEXT_KEYS = {"text_model": "pretrained", "freeze_text_backbone": "freeze",
+                    "unfreeze_last_n": "unfreeze_last_n"}
 
 
 def build_model(cfg):
     m = dict(cfg["model"])
     m["channels"] = tuple(m["channels"])
-    return build_sclap(m)
+    # a checkpoint saved before model.text (issue 11) names its text keys flat
+    legacy = {LEGACY_TEXT_KEYS[k]: m.pop(k) for k in list(m) if k in LEGACY_TEXT_KEYS}
+    if legacy:
+        m["text"] = {**legacy, **(m.get("text") or {})}
+    model = build_sclap(m, sample_rate=cfg["data"]["sample_rate"])
+    if model.needs_wave:
+        tower, rate = model.sed_branch, cfg["data"]["sample_rate"]
+        note = "" if rate >= tower.model_rate else (
+            f"; nothing above {rate // 2} Hz reaches it (data.sample_rate {tower.model_rate} reads "
+            "the files at the checkpoint's rate)")
+        spatial = ("the same weights, patch embedding widened to 7 channels"
+                   if is_tower(model.doa_branch) else "conv, from scratch")
+        print(f"sclap: model.audio: {type(tower.backbone).__name__} from {tower.settings['pretrained']} "
+              f"on the W channel at {rate} Hz, resampled to the checkpoint's {tower.model_rate} Hz"
+              f"{note}; spatial branch: {spatial}")
+    return model
 
 
 def build_criterion(cfg, rank=0, world_size=1):

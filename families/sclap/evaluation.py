@@ -17,6 +17,7 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import default_collate
 
 from data.sclap.dataset import VARIANTS, cached_array, clips_key, collate
 from families.sclap.figures import make_figures
@@ -108,9 +109,12 @@ def zeroshot_direction(model, dataset, cfg, device):
     ec = cfg["eval"]
     prompts = [ec["zeroshot_prompt"].format(dir=d) for d in ec["directions"]]
     text = encode_split(model, prompts, list, cfg, device, forward=lambda m, b: {"text": m.encode_text(b)})
-    clips = [torch.from_numpy(np.asarray(f, dtype=np.float32)) for f in dataset.single_feats]
-    audio = encode_split(model, clips, torch.stack, cfg, device, keys=("audio",),
-                         forward=lambda m, b: m.encode_audio(b))
+    clips = [{"feats": torch.from_numpy(np.asarray(f, dtype=np.float32))} for f in dataset.single_feats]
+    if dataset.single_wave is not None:   # a pretrained audio tower reads the W waveform
+        for c, w in zip(clips, dataset.single_wave):
+            c["wave"] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+    audio = encode_split(model, clips, default_collate, cfg, device, keys=("audio",),
+                         forward=lambda m, b: m.encode_audio(b["feats"], b.get("wave")))
     sim = F.normalize(audio["audio"], dim=-1) @ F.normalize(text["text"], dim=-1).T   # [S, 8]
     return float((sim.argmax(1).numpy() == dataset.single_sector).mean())
 

@@ -1,7 +1,8 @@
 """sCLAP model (seed 002, BRIEF sec. 3): per-sample features of triplets.
 
 batch["feats"] [B, 3, 7, T, M] (pos, neg_t, neg_s; 4 log-mels + 3 intensity
-channels) and 3 spatial + 3 plain captions per item ->
+channels), with a pretrained audio tower also batch["wave"] [B, 3, n] (the W
+channel at data.sample_rate), and 3 spatial + 3 plain captions per item ->
     audio    [B, 3, D]  triplet embedding: proj(cat(joint, temporal)), or the
                         joint embedding sed + w * doa without the temporal encoder
                         (doa = projection of the pooled DOA map, plus one of the
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 
 from losses.distributed import scale_grad
 from models.sclap.audio import AttentionDOAHead, ConvBranch, DOAHead, TemporalAudioEncoder
-from models.text_encoder import TextEncoder
+from models.sclap.towers import (align_time, branch_map, branch_width, build_audio_branches, is_tower,
+                                 spatial_input)
+from models.towers import build_text_encoder
 
 
 class GradientReversal(nn.Module):
@@ -80,53 +83,75 @@ class SCLAP(nn.Module):
     def __init__(self, embed_dim=256, channels=(32, 32, 64), freq_patch=8, use_temporal_encoder=True,
                  n_chunks=4, temporal_layers=2, temporal_heads=8, use_modality_classifier=True,
                  grl_lambda=1.0, n_events=2, doa_head="attention", doa_time_steps=8, doa_iv_skip=True,
-                 text_model=None, text_layers=1, freeze_text_backbone=True, unfreeze_last_n=0,
-                 dropout=0.1):
+                 text_layers=1, dropout=0.1, audio=None, text=None, sample_rate=16000):
+        """audio, text: the model.audio / model.text tower sections (null
+        pretrained: the conv branches and the bundled MiniLM, frozen by
+        default); sample_rate: the rate of batch["wave"] (data.sample_rate)."""
         super().__init__()
-        self.sed_branch = ConvBranch(1, channels, freq_patch)
-        self.doa_branch = ConvBranch(7, channels, freq_patch)
-        C = self.sed_branch.out_channels
+        towers = build_audio_branches(audio, channels, freq_patch, sample_rate)
+        if towers is None:
+            towers = ConvBranch(1, channels, freq_patch), ConvBranch(7, channels, freq_patch)
+        self.sed_branch, self.doa_branch = towers
+        C, C_doa = branch_width(self.sed_branch), branch_width(self.doa_branch)
         self.sed_proj = nn.Linear(C, embed_dim)
-        self.doa_proj = nn.Linear(C, embed_dim)
+        self.doa_proj = nn.Linear(C_doa, embed_dim)
         self.w = nn.Parameter(torch.ones(embed_dim))  # joint = sed + w * doa
         self.temporal = None
         if use_temporal_encoder:
-            self.temporal = TemporalAudioEncoder(2 * C, embed_dim, n_chunks, temporal_layers, temporal_heads,
-                                                 dropout)
+            self.temporal = TemporalAudioEncoder(C + C_doa, embed_dim, n_chunks, temporal_layers,
+                                                 temporal_heads, dropout)
             self.final_audio_projection = nn.Linear(2 * embed_dim, embed_dim)
         self.doa_dir_proj = None
         if doa_head == "attention":
-            self.doa_head = AttentionDOAHead(C, n_events)
+            self.doa_head = AttentionDOAHead(C_doa, n_events)
             # The DOA embedding also sees the head's estimate (slot 0 = the earlier event):
             # the attention head reads directions from the intensity vectors, so the
             # branch's map is no longer forced to carry them on its own.
             self.doa_dir_proj = nn.Linear(3 * n_events, embed_dim)
         elif doa_head == "mlp":
-            self.doa_head = DOAHead(C, n_events, doa_time_steps, iv_skip=doa_iv_skip)
+            self.doa_head = DOAHead(C_doa, n_events, doa_time_steps, iv_skip=doa_iv_skip)
         else:
             raise ValueError(f"model.doa_head must be 'attention' or 'mlp', got {doa_head!r}")
-        self.text_encoder = TextEncoder(model_name=text_model, embed_dim=embed_dim,
-                                        freeze_backbone=freeze_text_backbone,
-                                        unfreeze_last_n=unfreeze_last_n)
+        self.text_encoder = build_text_encoder({"freeze": True, **(text or {})}, "model.text",
+                                               embed_dim)
         self.text_head = TextHead(embed_dim, text_layers, dropout=dropout) if text_layers > 0 else None
         self.modality_classifier = (ModalityClassifier(embed_dim, grl_lambda)
                                     if use_modality_classifier else None)
 
+    @property
+    def needs_wave(self):
+        """The semantic branch is a pretrained tower: batches carry the W waveform."""
+        return is_tower(self.sed_branch)
+
     def set_grad_checkpointing(self, enable=True):
         self.text_encoder.set_grad_checkpointing(enable)
+        for branch in (self.sed_branch, self.doa_branch):
+            if is_tower(branch):
+                branch.set_grad_checkpointing(enable)
 
-    def encode_audio(self, feats):
-        """feats [N, 7, T, M] -> dict of audio [N, D], sed [N, D], doa [N, n_events, 3]."""
-        sed_map = self.sed_branch(feats[:, :1])                # [N, C, T', M']
-        doa_map = self.doa_branch(feats)                       # [N, C, T', M']
-        sed = self.sed_proj(sed_map.mean(dim=(2, 3)))
+    def encode_audio(self, feats, wave=None):
+        """feats [N, 7, T, M] (and, with a pretrained tower, wave [N, n], the W
+        channel) -> dict of audio [N, D], sed [N, D], doa [N, n_events, 3]."""
+        if self.needs_wave:
+            if wave is None:
+                raise ValueError("model.audio.pretrained is set: the semantic branch takes the W "
+                                 "waveform (batch['wave'] [B, 3, n]; the dataset gives it with "
+                                 "wave_rate set)")
+            sed_map, sed = branch_map(self.sed_branch, wave)                  # [N, C, T', 1]
+        else:
+            sed_map, sed = branch_map(self.sed_branch, feats[:, :1])          # [N, C, T', M']
+        doa_in = spatial_input(self.doa_branch, feats) if is_tower(self.doa_branch) else feats
+        doa_map, doa = branch_map(self.doa_branch, doa_in)
+        sed = self.sed_proj(sed_map.mean(dim=(2, 3)) if sed is None else sed)
         doa_dir = self.doa_head(doa_map, feats)                 # [N, n_events, 3]
-        doa = self.doa_proj(doa_map.mean(dim=(2, 3)))
+        doa = self.doa_proj(doa_map.mean(dim=(2, 3)) if doa is None else doa)
         if self.doa_dir_proj is not None:
             doa = doa + self.doa_dir_proj(F.normalize(doa_dir, dim=-1).flatten(1))
         joint = sed + self.w * doa
         audio = joint
         if self.temporal is not None:
+            if sed_map.shape[2:] != doa_map.shape[2:]:   # a tower's [N, C, T', 1] and a conv branch's map
+                doa_map = align_time(doa_map, sed_map.shape[2])
             temporal = self.temporal(torch.cat([sed_map, doa_map], dim=1))
             audio = self.final_audio_projection(torch.cat([joint, temporal], dim=-1))
         return {"audio": audio, "sed": sed, "joint": joint, "doa": doa_dir}
@@ -142,7 +167,8 @@ class SCLAP(nn.Module):
 
     def forward(self, batch):
         B = batch["feats"].shape[0]
-        a = self.encode_audio(batch["feats"].flatten(0, 1))    # 3B clips, item-major
+        wave = batch["wave"].flatten(0, 1) if "wave" in batch else None   # [3B, n]
+        a = self.encode_audio(batch["feats"].flatten(0, 1), wave)          # 3B clips, item-major
         out = {k: v.view(B, 3, *v.shape[1:]) for k, v in a.items()}
         out["text"] = self.encode_text(batch["captions"]).view(B, 3, -1)
         out["plain"] = self.encode_text(batch["plain_captions"]).view(B, 3, -1)
@@ -152,5 +178,5 @@ class SCLAP(nn.Module):
         return out
 
 
-def build_sclap(mcfg):
-    return SCLAP(**mcfg)
+def build_sclap(mcfg, sample_rate=16000):
+    return SCLAP(**mcfg, sample_rate=sample_rate)
