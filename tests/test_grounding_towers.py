@@ -7,13 +7,16 @@ import os
 
 import pytest
 import torch
+from torchvision.ops import roi_align
 from transformers import CLIPTextModel, CLIPVisionModel
 
 import eval as eval_py
 import families.grounding as fam
 import train_stage1
+from models.grounding.model import GroundingModel
 from tests.test_grounding_train import TINY
-from tests.tiny_towers import save_tiny_clip
+from tests.test_grounding_model import _batch
+from tests.tiny_towers import save_tiny_clip, save_tiny_vit
 from training.checkpoint import load_checkpoint
 from training.config import load_config
 
@@ -120,3 +123,37 @@ def test_tower_keys_a_scratch_tower_cannot_honour_are_refused(tmp_path):
                        "--model.vision.lr_mult", "0.1"])
     with pytest.raises(ValueError, match="model.vision.lr_mult=0.1 needs model.vision.pretrained"):
         fam.build_model(cfg)
+
+
+@pytest.fixture(scope="module")
+def vit_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_vit")
+    save_tiny_vit(path, image_size=64)   # native 64 px, an 8x8 grid: the data's 32 px are resized
+    return str(path)
+
+
+@pytest.mark.parametrize("pooling", ["roi_align", "crop"])
+def test_vit_tower_forward_is_per_sample_and_pools_its_own_grid(vit_dir, pooling):
+    """The contract on a ViTModel tower: masks drawn on the data's 4x4 grid,
+    boxes in the data's 32 px; RoI Align reads the tower's 8x8 grid."""
+    torch.manual_seed(0)
+    model = GroundingModel(image_size=32, patch_size=8, embed_dim=32, object_pooling=pooling,
+                           cross_attention=True, vision={"pretrained": vit_dir}).eval()
+    assert model.patch_grid == (8, 8) and model.visual.hidden_size == 32
+    batch = _batch()
+    full = model(batch)
+    assert full["object_features"].shape == (3, 3, 32)
+    for i in range(3):
+        one = model({k: v[i:i + 1] for k, v in batch.items()})
+        for k in ("image_features", "object_features", "masked_image_features"):
+            torch.testing.assert_close(one[k][0], full[k][i], rtol=1e-4, atol=1e-4)
+    if pooling == "roi_align":   # box (2, 2, 14, 14) of 32 px = (4, 4, 28, 28) on the native 64 px
+        _, patches = model.encode_image(batch["image"], batch["patch_mask"])
+        grid = patches.transpose(1, 2).reshape(3, 32, 8, 8)
+        ref = roi_align(grid, [torch.tensor([[4.0, 4, 28, 28]])] * 3, 2, 1 / 8, aligned=True)
+        torch.testing.assert_close(full["object_features"][:, 0], model.object_proj(ref.mean((2, 3))))
+    else:   # box 0 cropped from the [0, 1] image and resized to the native 64 px, encoded alone
+        crop = roi_align((batch["image"] + 1) / 2, [torch.tensor([[2.0, 2, 14, 14]])] * 3, 64,
+                         aligned=True)
+        ref = model.visual(crop).features
+        torch.testing.assert_close(full["object_features"][:, 0], model.object_proj(ref))
