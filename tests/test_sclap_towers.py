@@ -200,3 +200,29 @@ def test_spatial_from_pretrained_false_keeps_the_conv_doa_branch(data, clap_dir)
     assert out["audio"].shape == (2, 3, 32) and out["doa"].shape == (2, 3, 2, 3)
     with pytest.raises(ValueError, match="takes the W waveform"):
         model.encode_audio(collate([ds[0]])["feats"][0])
+
+
+def test_every_trainable_parameter_gets_a_gradient_with_and_without_checkpointing(data, clap_dir):
+    """DDP without find_unused_parameters needs a gradient for every trainable
+    parameter; --grad-checkpointing reaches both towers' blocks and gives the
+    same gradients."""
+    cfg = _cfg(data, "--model.audio.pretrained", clap_dir[0], "--model.text.pretrained", clap_dir[0],
+               "--model.text.freeze", "false")
+    ds = fam.build_datasets(cfg)["val"]
+    batch = collate([ds[0], ds[1]])
+    crit = fam.build_criterion(cfg)
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = fam.build_model(cfg).eval()          # eval: no dropout / drop path to replay
+        model.set_grad_checkpointing(ckpt)
+        loss, _ = crit(model(batch), batch, 5)
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert model.sed_branch.backbone.audio_encoder.layers[0].gradient_checkpointing   # Swin stages
+    assert model.doa_branch.backbone.audio_encoder.layers[0].gradient_checkpointing
+    assert model.text_encoder.backbone.encoder.layer[0].gradient_checkpointing
+    missing = [n for n, g in grads[0].items() if g is None]
+    assert not missing, missing
+    for n, g in grads[0].items():
+        assert torch.allclose(grads[1][n], g, atol=1e-6, rtol=1e-4), n

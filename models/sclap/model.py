@@ -112,8 +112,12 @@ class SCLAP(nn.Module):
             self.doa_head = DOAHead(C_doa, n_events, doa_time_steps, iv_skip=doa_iv_skip)
         else:
             raise ValueError(f"model.doa_head must be 'attention' or 'mlp', got {doa_head!r}")
-        self.text_encoder = build_text_encoder({"freeze": True, **(text or {})}, "model.text",
-                                               embed_dim)
+        text = {"freeze": True, **(text or {})}
+        if text_layers > 0:
+            # the text head reads the token features only: a checkpoint's pooler
+            # (CLAP's RoBERTa) would get no gradient, which DDP refuses
+            text.setdefault("pooling_strategy", "mean")
+        self.text_encoder = build_text_encoder(text, "model.text", embed_dim)
         self.text_head = TextHead(embed_dim, text_layers, dropout=dropout) if text_layers > 0 else None
         self.modality_classifier = (ModalityClassifier(embed_dim, grl_lambda)
                                     if use_modality_classifier else None)
