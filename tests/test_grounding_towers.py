@@ -157,3 +157,14 @@ def test_vit_tower_forward_is_per_sample_and_pools_its_own_grid(vit_dir, pooling
                          aligned=True)
         ref = model.visual(crop).features
         torch.testing.assert_close(full["object_features"][:, 0], model.object_proj(ref))
+
+
+def test_a_checkpoint_config_from_before_the_tower_sections_still_builds(tmp_path):
+    """eval.py builds the model from the checkpoint's own config: the old
+    model.text keys (model_name, freeze_backbone) give today's frozen MiniLM."""
+    cfg = load_config(["--family", "grounding", "--data.root", str(tmp_path / "data"), *TINY])
+    text = {k: v for k, v in cfg["model"]["text"].items() if k not in ("pretrained", "freeze")}
+    cfg["model"]["text"] = dict(text, model_name=None, freeze_backbone=True)
+    model = fam.build_model(cfg)
+    assert type(model.text).__name__ == "TextEncoder" and model.text.frozen
+    assert model.text.max_length == 32

@@ -15,7 +15,7 @@ import eval as eval_py
 import train_stage1
 from data.timesclip.dataset import collate
 from families import timesclip as fam
-from models.timesclip.model import TimesCLIP
+from models.timesclip.model import TimesCLIP, build_timesclip
 from tests.test_timesclip_model import HOST_READS, SMALL, _items
 from tests.test_timesclip_stage2 import TINY
 from tests.tiny_towers import save_tiny_clip
@@ -120,3 +120,19 @@ def test_frozen_pretrained_chart_cache_reads_nothing_back_from_the_device(clip_d
     for k in first:
         if k != "forecast":    # the language branch's dropout draws anew
             assert torch.equal(first[k], second[k]), k
+
+
+def test_a_checkpoint_config_from_before_the_tower_sections_still_builds(tmp_path):
+    """Stage 2 --init and eval.py build the model from the checkpoint's own
+    config: the old keys (freeze_vision, vision_backbone, language_backbone)
+    give today's sections, and the old weights load strictly."""
+    cfg = load_config(["--family", "timesclip", "--data.root", str(tmp_path / "data"), *TINY,
+                       "--model.vision.freeze", "true"])
+    new = fam.build_model(cfg).eval()
+    old = {k: v for k, v in cfg["model"].items() if k not in ("vision", "language")}
+    old.update(vision_backbone="vit", freeze_vision=True, language_backbone="scratch")
+    model = build_timesclip(old, cfg["data"]).eval()
+    assert model.vision.freeze and not model.language.pretrained
+    model.load_state_dict(new.state_dict())
+    x = torch.randn(2, 18, 7)
+    torch.testing.assert_close(model({"x": x})["forecast"], new({"x": x})["forecast"])

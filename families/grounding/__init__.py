@@ -96,6 +96,12 @@ def build_datasets(cfg):
 
 def build_model(cfg):
     m = dict(cfg["model"])
+    text = dict(m.get("text") or {})
+    if {"model_name", "freeze_backbone"} & set(text):   # a checkpoint's config from before issue 11
+        text.setdefault("pretrained", text.pop("model_name", None))
+        text.setdefault("freeze", text.pop("freeze_backbone", True))
+        text.pop("model_name", None), text.pop("freeze_backbone", None)
+        m["text"] = text
     return GroundingModel(image_size=cfg["data"]["image_size"], **m)
 
 

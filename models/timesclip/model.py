@@ -104,6 +104,25 @@ class TimesCLIP(nn.Module):
         return out
 
 
+def legacy_tower_keys(m):
+    """A model section saved before the tower sections (issue 11) -- a
+    checkpoint's config -- in today's keys: vision_backbone / freeze_vision ->
+    model.vision, language_backbone -> model.language."""
+    m = dict(m)
+    if not {"vision_backbone", "freeze_vision", "language_backbone"} & set(m):
+        return m
+    vision, language = dict(m.get("vision") or {}), dict(m.get("language") or {})
+    backbone = m.pop("vision_backbone", "vit")
+    vision.setdefault("pretrained", None if backbone == "vit" else backbone)
+    vision.setdefault("freeze", bool(m.pop("freeze_vision", False)))
+    body = m.pop("language_backbone", "scratch")
+    language.setdefault("pretrained", {"scratch": None, "minilm": "all-MiniLM-L6-v2"}.get(body, body))
+    m.pop("freeze_vision", None)
+    m["vision"], m["language"] = vision, language
+    return m
+
+
 def build_timesclip(model_cfg, data_cfg):
-    m = dict(model_cfg)
-    return TimesCLIP(n_variates=len(data_cfg["bands"]), input_len=data_cfg["input_len"], pred_len=data_cfg["pred_len"], **m)
+    m = legacy_tower_keys(model_cfg)
+    return TimesCLIP(n_variates=len(data_cfg["bands"]), input_len=data_cfg["input_len"],
+                     pred_len=data_cfg["pred_len"], **m)
