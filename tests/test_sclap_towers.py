@@ -226,3 +226,13 @@ def test_every_trainable_parameter_gets_a_gradient_with_and_without_checkpointin
     assert not missing, missing
     for n, g in grads[0].items():
         assert torch.allclose(grads[1][n], g, atol=1e-6, rtol=1e-4), n
+
+
+def test_a_missing_or_wrong_folder_names_the_sclap_key(data, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model.audio.pretrained: no such directory"):
+        fam.build_model(_cfg(data, "--model.audio.pretrained", str(tmp_path / "nothing")))
+    # a text-only folder is not an audio tower (the bundled MiniLM is a BertModel)
+    with pytest.raises(ValueError, match=r"model.audio.pretrained: .* holds a model of type 'bert'"):
+        fam.build_model(_cfg(data, "--model.audio.pretrained", resolve_model_path(None)))
+    with pytest.raises(FileNotFoundError, match=r"model.text.pretrained: no such directory"):
+        fam.build_model(_cfg(data, "--model.text.pretrained", str(tmp_path / "nothing")))

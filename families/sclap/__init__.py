@@ -9,6 +9,11 @@ project's manifest, or T-SALM's stClotho folders) is found by looking and
 named in the log (``--data.format NAME`` forces one; data/sclap/layouts.py).
 Nothing is ever written into a user's folder: the features and baselines
 derived from it are cached under ``data.cache_dir`` (default data_cache/).
+Pretrained towers (issue 11): ``--model.audio.pretrained DIR`` (a saved
+ClapModel / ClapAudioModel, e.g. laion/clap-htsat-unfused, or an ASTModel)
+puts the checkpoint's audio tower on the W waveform, which the dataset then
+hands the model beside the features (models/sclap/towers.py);
+``--model.text.pretrained DIR`` takes its text tower or any AutoModel.
 The pieces live in data/sclap/ (generator, dataset, collate), models/sclap/
 (front end, encoders, classical DOA), losses/sclap_loss.py and
 families/sclap/evaluation.py; this module only wires them to the loop.
