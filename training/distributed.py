@@ -68,4 +68,8 @@ def all_reduce_max(values, info):
 
 def cleanup(info):
     if info.distributed and dist.is_initialized():
+        # Every rank first reaches the end: a rank that tears down its gloo
+        # pairs while another still holds them can abort at exit ("terminate
+        # called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
