@@ -92,7 +92,8 @@ def bench_family(name, args, thread_counts):
         print(f"  {r[0]:9s}{r[1]:10s}{r[2]:8d}{1e3 * med[r]:10.1f}{spread:9.0%}{med[r] / med[best]:11.2f}")
     auto, why = resolve_precision("auto", "cpu")
     workers = cfg.get("workers")
-    threads = thread_budget(workers=None if workers in (None, "auto") else int(workers))["threads"]
+    plan = thread_budget(workers=None if workers in (None, "auto") else int(workers))
+    threads, workers = plan["threads"], plan["workers"]
     auto_row = ("eager", auto, min(thread_counts, key=lambda t: abs(t - threads)))
     noise = (max(times[best]) - min(times[best])) / med[best]
     ratio = med[auto_row] / med[best]
