@@ -236,3 +236,24 @@ def test_a_missing_or_wrong_folder_names_the_sclap_key(data, tmp_path):
         fam.build_model(_cfg(data, "--model.audio.pretrained", resolve_model_path(None)))
     with pytest.raises(FileNotFoundError, match=r"model.text.pretrained: no such directory"):
         fam.build_model(_cfg(data, "--model.text.pretrained", str(tmp_path / "nothing")))
+
+
+def test_the_temporal_encoder_sees_only_the_frames_that_hold_the_clip(data, clap_dir):
+    """HTS-AT repeat-pads a clip shorter than its window (1 s here): of a
+    0.4-s clip's 32 frames only the first 13 are the clip; the spatial map
+    (the whole clip) is pooled to those 13 steps beside them."""
+    model = fam.build_model(_cfg(data, "--model.audio.pretrained", clap_dir[0])).eval()
+    torch.manual_seed(0)
+    wave, feats = torch.randn(2, 6400) * 0.1, torch.randn(2, 7, 11, 32)     # 0.4 s at 16 kHz
+    seen = []
+    hook = model.temporal.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        model.encode_audio(feats, wave)
+        frames = model.sed_branch(wave).frames                              # [2, 32, D]
+        doa = model.doa_branch(F.interpolate(feats, size=(11, 16), mode="bilinear").transpose(2, 3))
+    hook.remove()
+    D = frames.shape[2]
+    assert seen[0].shape == (2, 2 * D, 13, 1)
+    assert torch.allclose(seen[0][:, :D, :, 0], frames[:, :13].transpose(1, 2), atol=1e-6)
+    pooled = F.adaptive_avg_pool1d(doa.frames.transpose(1, 2), 13)          # [2, D, 13]
+    assert torch.allclose(seen[0][:, D:, :, 0], pooled, atol=1e-5)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from losses.distributed import scale_grad
 from models.sclap.audio import AttentionDOAHead, ConvBranch, DOAHead, TemporalAudioEncoder
-from models.sclap.towers import (align_time, branch_map, branch_width, build_audio_branches, is_tower,
-                                 spatial_input)
+from models.sclap.towers import (align_time, branch_map, branch_width, build_audio_branches, clip_span,
+                                 is_tower, leading, spatial_input)
 from models.towers import build_text_encoder
 
 
@@ -154,6 +154,11 @@ class SCLAP(nn.Module):
         joint = sed + self.w * doa
         audio = joint
         if self.temporal is not None:
+            if self.needs_wave:
+                # the semantic tower's frames that hold the clip (not its padding or
+                # repeats), and the part of the clip they hold (the spatial map spans it all)
+                in_tower, of_clip = clip_span(self.sed_branch, wave.shape[1] / self.sed_branch.sample_rate)
+                sed_map, doa_map = leading(sed_map, in_tower), leading(doa_map, of_clip)
             if sed_map.shape[2:] != doa_map.shape[2:]:   # a tower's [N, C, T', 1] and a conv branch's map
                 doa_map = align_time(doa_map, sed_map.shape[2])
             temporal = self.temporal(torch.cat([sed_map, doa_map], dim=1))

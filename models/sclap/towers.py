@@ -15,6 +15,7 @@ Both give the maps the temporal encoder and the DOA head read as
 [N, C, T', M'] (M' = 1 for a tower: its frame features are band-averaged).
 """
 import copy
+import math
 
 import torch.nn.functional as F
 
@@ -79,6 +80,30 @@ def branch_map(branch, x):
         out = branch(x)
         return out.frames.transpose(1, 2).unsqueeze(-1), out.features   # [N, C, T', 1], [N, C]
     return branch(x), None
+
+
+def window_seconds(tower):
+    """The span of audio the tower's frames cover: HTS-AT's max_length_s
+    (a shorter clip repeat- or zero-padded to it), AST's max_length frames of
+    10 ms (kaldi's frame shift; zero-padded)."""
+    fe = tower.fe
+    return fe.nb_max_samples / fe.sampling_rate if tower.is_clap else fe.max_length * 0.01
+
+
+def clip_span(tower, seconds):
+    """(share of the tower's frames that hold the clip, share of the clip they
+    hold) for a clip of ``seconds``. A 4-s clip in HTS-AT's 10-s window is
+    repeated 2.5 times: "A then B" would reach the temporal encoder as
+    A B A B A; a clip longer than the window is cut to its start."""
+    window = window_seconds(tower)
+    return min(1.0, seconds / window), min(1.0, window / seconds)
+
+
+def leading(fmap, share):
+    """The first ``share`` of a map's time steps [N, C, T, M] (at least one)."""
+    if share >= 1.0:
+        return fmap
+    return fmap[:, :, :max(1, math.ceil(fmap.shape[2] * share - 1e-6))]
 
 
 def align_time(fmap, frames):
