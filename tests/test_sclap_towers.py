@@ -6,6 +6,7 @@ train, resume and evaluate; frozen stays bit-identical; the spatial branch's
 is the file's W channel resampled (torchaudio) to the checkpoint's rate."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -257,3 +258,25 @@ def test_the_temporal_encoder_sees_only_the_frames_that_hold_the_clip(data, clap
     assert torch.allclose(seen[0][:, :D, :, 0], frames[:, :13].transpose(1, 2), atol=1e-6)
     pooled = F.adaptive_avg_pool1d(doa.frames.transpose(1, 2), 13)          # [2, D, 13]
     assert torch.allclose(seen[0][:, D:, :, 0], pooled, atol=1e-5)
+
+
+def test_accum_freq_2_ends_with_the_weights_of_accum_freq_1(data, clap_dir, tmp_path,
+                                                            one_torch_thread):
+    """The loop's exact accumulation holds with the towers (their batch norm
+    uses the checkpoint's statistics, so nothing mixes samples); the tower's
+    own dropout is switched off in a copy of the folder, as --model.dropout 0
+    does for the rest."""
+    path = tmp_path / "clap"
+    shutil.copytree(clap_dir[0], path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["audio_config"]["hidden_dropout_prob"] = 0.0
+    (path / "config.json").write_text(json.dumps(cfg))
+    args = TINY + ["--data.root", data, "--logs", str(tmp_path / "logs"), "--model.dropout", "0.0",
+                   "--model.audio.pretrained", str(path), "--max-steps", "2"]
+    ck = {}
+    for k in (1, 2):
+        train_stage1.main(args + ["--name", f"accum{k}", "--accum-freq", str(k)])
+        ck[k] = torch.load(tmp_path / "logs" / f"accum{k}" / "checkpoints" / "latest.pt",
+                           weights_only=False)
+    for name, w in ck[1]["model"].items():
+        torch.testing.assert_close(ck[2]["model"][name], w, atol=1e-5, rtol=1e-4, msg=name)
