@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from data.cache import UserDataError
 from families import load_family
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, parse_cli, set_dotted
@@ -87,6 +88,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except (ConfigError, FileNotFoundError, KeyError, RuntimeError, UserDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -21,7 +21,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data.cache import UserDataError
 from families import load_family
+from models.towers import tower_summary
 from training import checkpoint as ckpt_io
 from training.accumulation import ModelAndLoss, forward_backward
 from training.compile import compile_towers
@@ -29,7 +31,7 @@ from training.config import ConfigError, cli_keys, dump, load_config
 from training.data import ResumableDistributedSampler, to_device
 from training.distributed import all_reduce_mean, barrier, cleanup, init_distributed
 from training.logger import RunLogger, peak_memory_mb, to_float
-from training.optim import build_optimizer, build_scheduler
+from training.optim import build_optimizer, build_scheduler, sync_lr
 from training.precision import autocast as make_autocast, grad_scaler, resolve_precision
 from training.resources import apply_thread_budget
 from training.state import TrainState, restore_state, resume_config, save_state, seed_everything, \
@@ -146,6 +148,8 @@ def build_model(family, cfg, info):
     """(model, criterion, ModelAndLoss, its DDP wrapper or itself)."""
     model = family.build_model(cfg).to(info.device)
     criterion = family.build_criterion(cfg, info.rank, info.world_size).to(info.device)
+    for line in tower_summary({"model": model}):
+        say(info, line)
     if cfg["grad_checkpointing"]:
         if not hasattr(model, "set_grad_checkpointing"):
             raise ConfigError(f"family {cfg['family']}: model has no set_grad_checkpointing")
@@ -284,6 +288,7 @@ def main(argv=None):
             restore_state(objects, ckpt)
         except ValueError as e:  # the sampler's order check
             raise ConfigError(f"resume: {e}") from None
+        sync_lr(scheduler)  # the schedule may be longer or shorter than the checkpoint's
 
     logger = RunLogger(run_dir, enabled=info.is_main)
     manager = ckpt_io.CheckpointManager(ckpt_dir, cfg["keep_last"], cfg["keep_best"],
@@ -361,7 +366,7 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, NonFiniteError, FileNotFoundError) as e:
+    except (ConfigError, NonFiniteError, FileNotFoundError, UserDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:

@@ -30,7 +30,9 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
+from data.cache import UserDataError
 from families import load_family
+from models.towers import find_towers
 from training.checkpoint import CheckpointManager, find_resume, git_commit, load_checkpoint
 from training.config import ConfigError, cli_keys, dump, load_config, parse_cli, set_dotted
 from training.data import to_device
@@ -142,10 +144,15 @@ def setup(argv):
 
 
 def set_encoder_trainable(encoder, trainable):
+    """Unfreeze (or freeze) the stage-1 encoder; a pretrained tower inside it
+    keeps its own freeze / unfreeze_last_n settings (model.<tower>.*)."""
     if encoder is None:
         return
     for p in encoder.parameters():
         p.requires_grad_(trainable)
+    if trainable:
+        for tower in find_towers({"encoder": encoder}).values():
+            tower.apply_trainable()
 
 
 def make_optimizer(model, encoder, s2, head_lr, phase_epochs, steps_per_epoch):
@@ -296,6 +303,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, NonFiniteError, FileNotFoundError) as e:
+    except (ConfigError, NonFiniteError, FileNotFoundError, UserDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

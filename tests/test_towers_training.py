@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 from transformers import ViTConfig, ViTModel
 
-from models.towers import VisionTower, tower_lr_mults, tower_param_groups, tower_summary
+from models.towers import VisionTower, tower_lr_mults, tower_summary
+from training.optim import build_optimizer, param_groups
 
 
 def tiny_vit(dropout=0.0, layers=3):
@@ -27,8 +28,11 @@ class Probe(nn.Module):
         return self.head(self.vision(x).features)
 
 
+OPT_CFG = {"lr": 1e-2, "wd": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "lr_multipliers": {}}
+
+
 def train(model, steps=3):
-    opt = torch.optim.AdamW(tower_param_groups({"model": model}, 1e-2, 0.1))
+    opt, _ = build_optimizer({"model": model}, OPT_CFG)
     torch.manual_seed(1)
     x = torch.rand(4, 3, 16, 16)
     for _ in range(steps):
@@ -84,8 +88,9 @@ def test_unfreeze_last_n_trains_exactly_the_last_n_blocks(n):
 
 def test_layer_decay_and_lr_mult_groups_have_the_hand_computed_lrs():
     model = Probe({"layer_decay": 0.5, "lr_mult": 0.1})   # 3 blocks: L = 3
-    groups = tower_param_groups({"model": model}, base_lr=1.0, wd=0.05)
-    lr = {n: g["lr"] for g in groups for n in g["names"]}
+    # the training loop's own groups (training/optim.py), at lr 1
+    groups = param_groups({"model": model}, dict(OPT_CFG, lr=1.0, wd=0.05))
+    lr = {n: g["lr_mult"] for g in groups for n in g["names"]}
     wd = {n: g["weight_decay"] for g in groups for n in g["names"]}
     b = "model.vision.backbone."
     assert lr[b + "embeddings.cls_token"] == pytest.approx(0.1 * 0.5 ** 4)

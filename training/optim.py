@@ -3,6 +3,8 @@ import math
 
 import torch
 
+from models.towers.trainable import NO_DECAY_NAMES, tower_lr_mults
+
 
 def _no_decay(name, p):
     # Norms, biases, embeddings' 1-D params and the logit scale/bias get no decay.
@@ -17,6 +19,7 @@ def param_groups(named_modules, cfg):
     the longest matching prefix wins.
     """
     mults = cfg.get("lr_multipliers") or {}
+    towers = tower_lr_mults(named_modules)  # pretrained towers: lr_mult x layer_decay^(L+1-layer)
     groups = {}
     for prefix, module in named_modules.items():
         for name, p in module.named_parameters():
@@ -24,8 +27,10 @@ def param_groups(named_modules, cfg):
                 continue
             full = f"{prefix}.{name}"
             match = max((k for k in mults if full.startswith(k)), key=len, default=None)
-            mult = float(mults[match]) if match else 1.0
-            decay = not _no_decay(name, p)
+            mult = (float(mults[match]) if match else 1.0) * towers.get(full, 1.0)
+            # a pretrained tower's class/mask tokens and positions: no decay (timm)
+            decay = not _no_decay(name, p) and not (
+                full in towers and any(k in name for k in NO_DECAY_NAMES))
             key = (mult, decay)
             if key not in groups:
                 groups[key] = {"params": [], "names": [], "lr_mult": mult,
@@ -60,3 +65,15 @@ def cosine_lambda(warmup, total, min_ratio=0.0):
 def build_scheduler(optimizer, cfg, total_steps):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_lambda(cfg["warmup"], total_steps, cfg.get("min_lr_ratio", 0.0)))
+
+
+def sync_lr(scheduler):
+    """Set every group's lr to the schedule's value at its current step. After a
+    resume with another schedule length (``--max-steps``/``--epochs``), the
+    optimizer's saved lr is the old schedule's (0 at the end of a cosine), and
+    the first resumed step would use it."""
+    step = scheduler.last_epoch
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                               scheduler.lr_lambdas):
+        group["lr"] = base * fn(step)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]

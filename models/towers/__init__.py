@@ -6,6 +6,6 @@ from models.towers.loading import (AUDIO_TYPES, TEXT_TYPES, TOWER_DEFAULTS, VISI
 from models.towers.radar import RadarTower
 from models.towers.text import TextTower, build_text_encoder
 from models.towers.trainable import (Tower, find_towers, param_layer_ids, tower_lr_mults,
-                                     tower_param_groups, tower_summary)
+                                     tower_summary)
 from models.towers.vision import (VisionOutput, VisionTower, fold_patch_embedding,
                                   interpolate_pos_embed)

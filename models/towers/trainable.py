@@ -167,32 +167,6 @@ NO_DECAY_NAMES = ("cls_token", "class_embedding", "distillation_token", "mask_to
                   "position_embedding")   # timm's no_weight_decay: tokens and positions
 
 
-def _no_decay(name, p):
-    return (p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
-            or any(k in name for k in NO_DECAY_NAMES))
-
-
-def tower_param_groups(named_towers, base_lr, wd, no_decay=_no_decay):
-    """AdamW groups for the trainable parameters of ``named_towers`` ({prefix:
-    module holding towers}); one group per (lr multiplier, decay), each with
-    ``params``, ``names``, ``lr``, ``lr_mult``, ``weight_decay``. Parameters
-    outside a tower's backbone get multiplier 1."""
-    mults = tower_lr_mults(named_towers)
-    groups = {}
-    for prefix, module in named_towers.items():
-        for name, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
-            full = f"{prefix}.{name}"
-            mult, decay = mults.get(full, 1.0), not no_decay(name, p)
-            g = groups.setdefault((mult, decay), {"params": [], "names": [], "lr": base_lr * mult,
-                                                  "lr_mult": mult,
-                                                  "weight_decay": wd if decay else 0.0})
-            g["params"].append(p)
-            g["names"].append(full)
-    return sorted(groups.values(), key=lambda g: (g["lr_mult"], g["weight_decay"]))
-
-
 def tower_summary(named_modules):
     """One log line per tower: trainable / frozen parameter counts."""
     return [t.summary(name) for name, t in find_towers(named_modules).items()]
