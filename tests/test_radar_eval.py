@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import families.radar as fam
 from data.radar.temporal import TemporalNegatives
 from families.radar.evaluation import encode_clips, encode_texts, evaluate_radar, score_matrix
-from families.radar.text_cache import build_text_cache, load_text_cache, text_cache_path
+from families.radar.text_cache import build_text_cache, load_text_cache, text_cache_enabled, text_cache_path
 from losses.radar_loss import RadarContrastiveLoss
 from models.text_encoder import TextEncoder
 from tests.radar_tiny import tiny_cfg
@@ -170,11 +170,15 @@ def test_disk_text_cache_hits_and_misses(tmp_path):
         def swapped(self, i):
             return ["a jumps then walks"]
 
-    t = {"model_name": None, "max_length": 16, "pooling_strategy": "mean", "freeze_backbone": True,
+    t = {"pretrained": None, "max_length": 16, "pooling_strategy": "mean", "freeze": True,
          "unfreeze_last_n": 0, "cache_features": True, "disk_cache": True, "cache_max_mb": 512}
     build_text_cache(str(tmp_path), t, {"train": Split()})
     cache = torch.load(text_cache_path(str(tmp_path), t))
     assert set(cache) == texts
+    # a checkpoint's config from before the tower sections names the same file
+    old = {k: v for k, v in t.items() if k not in ("pretrained", "freeze")}
+    old.update(model_name=None, freeze_backbone=True)
+    assert text_cache_enabled(old) and text_cache_path(str(tmp_path), old) == text_cache_path(str(tmp_path), t)
 
     torch.manual_seed(0)
     fresh = TextEncoder(max_length=16, embed_dim=8).eval()
@@ -194,7 +198,7 @@ def test_disk_text_cache_hits_and_misses(tmp_path):
     assert torch.allclose(new.features[0], ref.features[0], atol=2e-3)
 
     # another model / max_length / pooling: another file, nothing loaded
-    for change in ({"max_length": 32}, {"pooling_strategy": "cls"}, {"model_name": "other/model"}):
+    for change in ({"max_length": 32}, {"pooling_strategy": "cls"}, {"pretrained": "other/model"}):
         other = dict(t, **change)
         assert text_cache_path(str(tmp_path), other) != text_cache_path(str(tmp_path), t)
         enc = TextEncoder(max_length=other["max_length"], embed_dim=8)
@@ -206,7 +210,7 @@ def test_disk_text_cache_hits_and_misses(tmp_path):
         load_text_cache(small, str(tmp_path), dict(t, cache_max_mb=0.02))
     assert 0 < small.cache_info()["captions"] < 4
     # a trainable backbone never uses it
-    build_text_cache(str(tmp_path / "trainable"), dict(t, freeze_backbone=False), {"train": Split()})
+    build_text_cache(str(tmp_path / "trainable"), dict(t, freeze=False), {"train": Split()})
     assert not (tmp_path / "trainable").exists()
 
 
@@ -218,7 +222,7 @@ def test_disk_text_cache_under_bf16_is_its_own_file_and_close_to_fp32(tmp_path):
         def swapped(self, i):
             return ["someone claps then jumps twice"]
 
-    t = {"model_name": None, "max_length": 16, "pooling_strategy": "mean", "freeze_backbone": True,
+    t = {"pretrained": None, "max_length": 16, "pooling_strategy": "mean", "freeze": True,
          "unfreeze_last_n": 0, "cache_features": True, "disk_cache": True, "cache_max_mb": 512}
     build_text_cache(str(tmp_path), t, {"train": Split()})
     build_text_cache(str(tmp_path), t, {"train": Split()}, precision="amp_bf16")

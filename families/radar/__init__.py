@@ -7,7 +7,8 @@ folder is the user's, never written into, in either layout of
 data/radar/layouts.py (found by looking, or ``data.format``); the log says
 which. data/radar/dataset.py reads them all; data/radar/temporal.py adds
 each clip's order-swapped caption (from ``meta/{id}.json``) as a hard
-negative. Model: models/radar/ (RadarEncoder, TextEncoder, CLIPModel);
+negative. Model: models/radar/ (CLIPModel: the model.radar tower -- RadarEncoder,
+or a pretrained ViT with model.radar.pretrained -- and the model.text tower);
 criterion: losses/radar_loss.py. Evaluation, figures and stage 2 are the
 modules beside this one.
 """

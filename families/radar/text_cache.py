@@ -14,6 +14,11 @@ autocast dtype); a caption missing from the file is encoded as usual when it
 is met.
 The model's in-memory caption cache is bounded (``model.text.cache_max_mb``):
 loading a larger file keeps its most recent part, with a warning.
+Only today's TextEncoder caches (a plain text model, frozen, no layer decay
+or lr multiplier: what models/towers/text.build_text_encoder gives); any
+other text tower (a CLIP / CLAP checkpoint's) encodes every batch, and the
+disk cache is skipped with a note. ``text_cfg`` is the model.text section in
+today's keys or a checkpoint's older ones (models/radar/clip_model.text_section).
 """
 import os
 import time
@@ -21,7 +26,9 @@ import warnings
 
 import torch
 
+from models.radar.clip_model import text_section
 from models.text_encoder import TextEncoder
+from models.towers import build_text_encoder
 from training.io import atomic_save
 from training.precision import autocast as make_autocast
 from training.resources import available_cores
@@ -31,8 +38,8 @@ UNBOUNDED_MB = float(2 ** 30)
 
 
 def text_cache_path(folder, text_cfg, precision="fp32"):
-    t = text_cfg
-    name = (t["model_name"] or "minilm").strip("/").replace("/", "_")
+    t = text_section(text_cfg)
+    name = (t["pretrained"] or "minilm").strip("/").replace("/", "_")
     # features computed under bf16/fp16 autocast differ from fp32 ones in the last bits
     dtype = {"amp": "_fp16", "amp_bf16": "_bf16"}.get(precision, "")
     return os.path.join(folder, "text_cache",
@@ -40,8 +47,8 @@ def text_cache_path(folder, text_cfg, precision="fp32"):
 
 
 def text_cache_enabled(text_cfg):
-    t = text_cfg
-    return bool(t.get("disk_cache", False) and t["freeze_backbone"] and not t["unfreeze_last_n"]
+    t = text_section(text_cfg)
+    return bool(t.get("disk_cache", False) and t.get("freeze", False) and not t["unfreeze_last_n"]
                 and t["cache_features"])
 
 
@@ -63,9 +70,12 @@ def build_text_cache(folder, text_cfg, datasets, precision="fp32", batch_size=25
     path = text_cache_path(folder, text_cfg, precision)
     if os.path.exists(path) or not text_cache_enabled(text_cfg):
         return
-    t = text_cfg
-    enc = TextEncoder(model_name=t["model_name"], max_length=t["max_length"],
-                      pooling_strategy=t["pooling_strategy"], cache_max_mb=UNBOUNDED_MB).eval()
+    t = text_section(text_cfg)
+    enc = build_text_encoder(dict(t, cache_max_mb=UNBOUNDED_MB)).eval()
+    if not (isinstance(enc, TextEncoder) and enc.cache_features):
+        print(f"text cache: model.text.disk_cache skipped: the text tower of "
+              f"{t['pretrained']!r} is a {type(enc).__name__}, which encodes every batch")
+        return
     texts = all_captions(datasets)
     texts.sort(key=lambda c: (len(enc.tokenizer.tokenize(c)), c))  # batches of one length
     autocast = make_autocast(precision, torch.device("cpu"))
@@ -86,8 +96,8 @@ def build_text_cache(folder, text_cfg, datasets, precision="fp32", batch_size=25
 def load_text_cache(text_encoder, folder, text_cfg, precision="fp32"):
     """Fill ``text_encoder``'s caption cache from the file, if there is one."""
     path = text_cache_path(folder, text_cfg, precision)
-    if not (text_cache_enabled(text_cfg) and os.path.exists(path)
-            and getattr(text_encoder, "cache_features", False)):
+    if not (isinstance(text_encoder, TextEncoder) and text_encoder.cache_features
+            and text_cache_enabled(text_cfg) and os.path.exists(path)):
         return
     state = torch.load(path, map_location="cpu")
     text_encoder.load_cache(state)

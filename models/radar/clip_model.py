@@ -1,4 +1,13 @@
-"""CLIPModel (seed 001 sec. 3.1): RadarEncoder + TextEncoder, per-sample outputs.
+"""CLIPModel (seed 001 sec. 3.1): a radar tower + a text tower, per-sample outputs.
+
+The radar tower is the ``model.radar`` section's: RadarEncoder from scratch
+(``pretrained: null``, the default) or a pretrained ViT on the maps
+(models/towers/radar.py, mmExpert's set-up); the text tower is the
+``model.text`` section's (models/towers/text.py: today's TextEncoder with its
+caption cache for plain text models, else the text tower of a CLIP / CLAP
+folder). Both give the same outputs (RadarOutput, TextOutput), so the
+sequence similarity, temporal negatives, evaluation and stage 2 do not see
+which one runs.
 
 ``model(batch)`` returns only per-sample features (global vectors, sequences
 and their masks); every B x B term (similarities, logit scale and bias)
@@ -17,7 +26,10 @@ import torch
 import torch.nn as nn
 
 from models.radar.encoder import RadarEncoder
-from models.text_encoder import TextEncoder
+from models.towers import TOWER_DEFAULTS, RadarTower, build_text_encoder, tower_config
+
+# model.text keys of checkpoints saved before the tower sections (issue 11)
+LEGACY_TEXT_KEYS = {"model_name": "pretrained", "freeze_backbone": "freeze"}
 
 
 def content_token_mask(mask, offsets):
@@ -63,6 +75,12 @@ class CLIPModel(nn.Module):
         self.consistency = consistency
         self.max_stretch, self.max_shift = max_stretch, max_shift
 
+    def train(self, mode=True):
+        super().train(mode)   # a pretrained tower keeps its frozen parts in eval mode itself
+        if not any(p.requires_grad for p in self.radar_encoder.parameters()):
+            self.radar_encoder.eval()   # a frozen RadarEncoder too: no dropout, fixed features
+        return self
+
     def set_grad_checkpointing(self, enable=True):
         self.radar_encoder.set_grad_checkpointing(enable)
         self.text_encoder.set_grad_checkpointing(enable)
@@ -101,22 +119,55 @@ class CLIPModel(nn.Module):
         return out
 
 
+def text_section(text):
+    """The model.text section in today's keys. A checkpoint's config from
+    before issue 11 has model_name / freeze_backbone; on --resume it also has
+    the new keys, but those came from the current defaults (the checkpoint
+    predates them), so the old keys win."""
+    t = dict(text or {})
+    for old, new in LEGACY_TEXT_KEYS.items():
+        if old in t:
+            t[new] = t.pop(old)
+    return t
+
+
+def radar_section(model_cfg):
+    """The model.radar section, defaults filled in (a checkpoint from before
+    issue 11 has none: today's RadarEncoder)."""
+    r = dict(model_cfg.get("radar") or {})
+    r.update(tower_config(r, "model.radar"))
+    r.setdefault("pooling", "cls")
+    return r
+
+
 def build_radar_encoder(cfg):
     m, d = cfg["model"], cfg["data"]
-    return RadarEncoder(embed_dim=m["embed_dim"], radar_views=d["radar_views"], dropout=m["dropout"],
-                        max_sequence_length=d["max_motion_length"],
-                        use_layer_norm=m["use_layer_norm"],
-                        use_positional_encoding=m["use_positional_encoding"],
-                        num_layers=m["num_layers"], num_heads=m["num_heads"],
-                        downsample=m["downsample"], pooling=m["pooling"])
+    r = radar_section(m)
+    if r["pretrained"] is not None:
+        # the RadarEncoder keys (num_layers, num_heads, downsample, dropout, pooling,
+        # use_*) are the checkpoint's own here: it has its own blocks and patch size
+        return RadarTower(r, "model.radar", embed_dim=m["embed_dim"], radar_views=d["radar_views"],
+                          max_sequence_length=d["max_motion_length"], pooling=r["pooling"])
+    for k in ("unfreeze_last_n", "layer_decay", "lr_mult"):
+        if r[k] != TOWER_DEFAULTS[k]:
+            raise ValueError(f"model.radar.{k}={r[k]!r} needs model.radar.pretrained (a ViT "
+                             "folder); the RadarEncoder from scratch has no pretrained blocks "
+                             "(lr_multipliers sets its learning rate)")
+    enc = RadarEncoder(embed_dim=m["embed_dim"], radar_views=d["radar_views"], dropout=m["dropout"],
+                       max_sequence_length=d["max_motion_length"],
+                       use_layer_norm=m["use_layer_norm"],
+                       use_positional_encoding=m["use_positional_encoding"],
+                       num_layers=m["num_layers"], num_heads=m["num_heads"],
+                       downsample=m["downsample"], pooling=m["pooling"])
+    if r["freeze"]:   # as grounding's scratch tower: its initial weights stay (a random-feature baseline)
+        enc.requires_grad_(False)
+    return enc
 
 
 def build_clip_model(cfg):
-    m, t, loss = cfg["model"], cfg["model"]["text"], cfg["loss"]
-    text = TextEncoder(model_name=t["model_name"], embed_dim=m["embed_dim"],
-                       max_length=t["max_length"], pooling_strategy=t["pooling_strategy"],
-                       freeze_backbone=t["freeze_backbone"], unfreeze_last_n=t["unfreeze_last_n"],
-                       cache_features=t["cache_features"], cache_max_mb=t["cache_max_mb"])
+    m, loss = cfg["model"], cfg["loss"]
+    # the text tower first: the same draws from the seeded generator as before issue 11
+    text = build_text_encoder(text_section(m["text"]), "model.text", m["embed_dim"])
     return CLIPModel(build_radar_encoder(cfg), text,
                      temporal_negatives=loss["temporal_negative_weight"] > 0,
                      consistency=loss["consistency_weight"] > 0,
