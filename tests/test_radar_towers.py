@@ -23,6 +23,7 @@ from tests.radar_tiny import tiny_args, tiny_cfg
 from tests.tiny_towers import save_tiny_clip, save_tiny_vit
 from training.checkpoint import load_checkpoint
 from training.io import atomic_save
+from training.optim import param_groups
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +208,52 @@ def test_tower_keys_without_a_pretrained_radar_tower(folders, tmp_path):
     with pytest.raises(ValueError, match=r"max_sequence_length = 220 is not a multiple of .* 8"):
         fam.build_model(tiny_cfg(folders["data"], "--model.radar.pretrained", folders["vit"],
                                  "--data.max_motion_length", "220"))
+
+
+def test_layer_decay_and_lr_mult_reach_the_radar_towers_groups(folders):
+    """--model.radar.layer_decay 0.5 --model.radar.lr_mult 0.1 (tiny ViT, L = 2
+    blocks): embeddings at 0.1 x 0.5^3, block i at 0.1 x 0.5^(3 - i), the final
+    norm / pooler at 0.1, the new projection at 1; the text tower keeps
+    lr_multipliers' 0.5."""
+    cfg = tiny_cfg(folders["data"], "--model.radar.pretrained", folders["vit"],
+                   "--model.radar.layer_decay", "0.5", "--model.radar.lr_mult", "0.1",
+                   "--data.radar_views", "doppler")
+    model = fam.build_model(cfg)
+    lr = {n: g["lr_mult"] for g in param_groups({"model": model}, cfg) for n in g["names"]}
+    r = "model.radar_encoder."
+    expect = {"backbone.embeddings.patch_embeddings.projection.weight": 0.1 * 0.5 ** 3,
+              "backbone.embeddings.position_embeddings": 0.1 * 0.5 ** 3,
+              "backbone.layers.0.attention.q_proj.weight": 0.1 * 0.5 ** 2,
+              "backbone.layers.1.mlp.fc2.weight": 0.1 * 0.5,
+              "backbone.layernorm.weight": 0.1, "backbone.pooler.dense.weight": 0.1,
+              "proj.weight": 1.0}
+    for name, mult in expect.items():
+        assert lr[r + name] == pytest.approx(mult), name
+    assert lr["model.text_encoder.proj.weight"] == 0.5
+
+
+def test_grad_checkpointing_keeps_the_towers_loss_and_gradients(folders):
+    cfg = tiny_cfg(folders["data"], "--model.radar.pretrained", folders["vit"],
+                   "--data.radar_views", "doppler", "--model.text.freeze", "false")
+    ds = fam.build_datasets(cfg)["train"]
+    batch = fam.collate([ds[i] for i in range(4)])
+    crit = fam.build_criterion(cfg)
+    results = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = fam.build_model(cfg).train()
+        model.set_grad_checkpointing(ckpt)
+        calls, mlp = [], model.radar_encoder.backbone.layers[0].mlp
+        run = mlp.forward   # wrapped, not hooked: the recomputation in backward skips module hooks
+        mlp.forward = lambda *a, **k: (calls.append(1), run(*a, **k))[1]
+        torch.manual_seed(1)
+        loss, _ = crit(model(batch), batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                        if p.grad is not None}, len(calls)))
+    (l0, g0, c0), (l1, g1, c1) = results
+    assert c1 == 2 * c0                     # each block run again in backward: checkpointed
+    assert torch.equal(l0, l1) and set(g0) == set(g1)
+    assert any(n.startswith("radar_encoder.backbone.layers.") for n in g0)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], msg=n)
