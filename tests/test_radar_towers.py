@@ -106,14 +106,18 @@ def test_frozen_tower_is_bit_identical_and_its_projection_moves(folders):
     assert model.radar_encoder.frozen and not model.radar_encoder.backbone.training   # eval mode
 
 
-@pytest.mark.parametrize("views, rows", [("all", 64), ("doppler", 16)])
-def test_tower_output_contract_matches_the_radar_encoder(folders, views, rows):
+@pytest.mark.parametrize("tower, views, rows", [("vit", "all", 64), ("vit", "doppler", 16),
+                                                ("clip", "azimuth", 16)])
+def test_tower_output_contract_matches_the_radar_encoder(folders, tower, views, rows):
     """The same RadarOutput as RadarEncoder's: [B, T', D] with one token per
     patch column (8 frames), the token mask downsampled from the frame mask,
-    padded tokens zero; a batch with the other views too is fine."""
-    cfg = tiny_cfg(folders["data"], "--model.radar.pretrained", folders["vit"],
+    padded tokens zero; a batch with the other views too is fine. A full
+    CLIP folder gives its vision tower."""
+    cfg = tiny_cfg(folders["data"], "--model.radar.pretrained", folders[tower],
                    "--data.radar_views", views)
     model = fam.build_model(cfg).eval()
+    assert type(model.radar_encoder.backbone).__name__ == {"vit": "ViTModel",
+                                                           "clip": "CLIPVisionModel"}[tower]
     assert model.radar_encoder.grid == (rows, 28)
     ds = fam.build_datasets(cfg)["val"]
     batch = fam.collate([ds[i] for i in range(len(ds))])
