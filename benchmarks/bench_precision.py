@@ -29,7 +29,7 @@ from training.config import load_config  # noqa: E402
 from training.data import to_device  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 from training.precision import autocast as make_autocast, cpu_flags, grad_scaler, resolve_precision  # noqa: E402
-from training.resources import available_cores, thread_budget  # noqa: E402
+from training.resources import apply_thread_budget, available_cores, thread_budget  # noqa: E402
 
 PRECISIONS = ("fp32", "amp_bf16", "amp")
 
@@ -38,6 +38,7 @@ def family_setup(name, preset, overrides, torchcompile):
     cfg = load_config(["--family", name, "--preset", preset] + overrides)
     # the data (and any feature cache) the training run itself would prepare
     cfg["precision"] = resolve_precision(cfg["precision"], "cpu")[0]
+    apply_thread_budget(cfg, set_torch=False)          # generator workers as training would
     family = load_family(name)
     family.prepare_data(cfg)
     train = family.build_datasets(cfg)["train"]

@@ -70,7 +70,7 @@ def simulate_from_humanml3d(cfg):
               "min_frames": max(int(d["min_frames"] or 1), int(d["min_motion_len"])),
               "max_frames": int(d["max_frames"]) - 1 if d["max_frames"] else None,
               **(d.get("sim") or {})}
-    return simulate_humanml3d(d["humanml3d"], data_root(cfg), workers=d["gen_workers"], **params)
+    return simulate_humanml3d(d["humanml3d"], data_root(cfg), workers=int(d["gen_workers"] or 1), **params)
 
 
 def prepare_data(cfg):
@@ -84,7 +84,7 @@ def prepare_data(cfg):
                   f"{resolve_root(d['humanml3d'])} (project layout)")
     elif d["generate"]:
         ensure_radar_dataset(root, d["num_train"], d["num_val"], d["num_test"], seed=d["seed"],
-                             workers=d["gen_workers"], **(d.get("sim") or {}))
+                             workers=int(d["gen_workers"] or 1), **(d.get("sim") or {}))
     else:
         check_user_folder(root, "radar data")
         lay = find_layout(root, d["format"])

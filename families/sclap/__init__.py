@@ -100,7 +100,7 @@ def prepare_data(cfg):
     def build(tmp):
         print(f"sclap: generating {params['num_train']}/{params['num_val']}/{params['num_test']} "
               f"triplets in {root}")
-        generate({**params, "dir": tmp}, workers=int(cfg["data"]["gen_workers"]))
+        generate({**params, "dir": tmp}, workers=int(cfg["data"]["gen_workers"] or 1))
     ensure_generated(root, params, build, "sCLAP triplets")
 
 
