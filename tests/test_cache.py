@@ -1,5 +1,4 @@
 """The generated-data cache rule and atomic writes."""
-import hashlib
 import json
 import os
 import threading
@@ -8,6 +7,7 @@ import pytest
 
 from data.cache import MARKER, UserDataError, check_user_folder, ensure_generated, resolve_root
 from training.io import atomic_json, atomic_write, relink
+from tests.folder_digest import tree
 
 
 def _builder(calls, content="x"):
@@ -27,15 +27,6 @@ def _read(root, name):
 def _read_bytes(path):
     with open(path, "rb") as f:
         return f.read()
-
-
-def _tree(root):
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(_read_bytes(p)).hexdigest()
-    return out
 
 
 def test_builds_once_and_rebuilds_when_any_param_changes(tmp_path):
@@ -60,11 +51,11 @@ def test_a_users_folder_is_refused_and_left_byte_identical(tmp_path):
     (user / "texts" / "000001.txt").write_text("a person walks forward#a/DET person/NOUN#0.0#0.0\n")
     (user / "_split").mkdir()
     (user / "_split" / "train.json").write_text("[]")
-    before = _tree(user)
+    before = tree(user)
     names = sorted(os.listdir(user))
     with pytest.raises(UserDataError, match=r"mydata.*--data.generate false"):
         ensure_generated(str(user), {"n": 1}, _builder([]), "radar clips")
-    assert _tree(user) == before and sorted(os.listdir(user)) == names
+    assert tree(user) == before and sorted(os.listdir(user)) == names
 
 
 def test_a_killed_build_is_rebuilt(tmp_path):

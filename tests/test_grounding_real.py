@@ -5,7 +5,6 @@ with PIL) trains with train_stage1.py and evaluates with eval.py, and is left
 byte-identical; each way real files differ from generated ones is handled:
 1-based boxes, empty boxes, a JPEG whose size is not <size>, more than 5
 boxes and phrases; the v2 augmentation keeps boxes on their pixels."""
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from data.cache import UserDataError
 from data.grounding.dataset import GroundingDataset, collate
 from data.grounding.format import read_annotation
 from training.config import load_config
+from tests.folder_digest import tree
 
 W, H = 80, 60  # photographs are not square
 
@@ -106,16 +106,6 @@ def make_flickr(root, captions=CAPTIONS, boxes=BOXES, splits=SPLITS, sizes=None)
     return str(root)
 
 
-def tree_hashes(root):
-    out = {}
-    for d, _, files in os.walk(root):
-        for name in files:
-            p = os.path.join(d, name)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, root)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
 TINY = ["--data.image_size", "32", "--model.vision_width", "32", "--model.vision_depth", "1",
         "--model.vision_heads", "2", "--model.embed_dim", "32", "--model.crop_size", "16",
         "--model.text.max_length", "40", "--workers", "0", "--threads", "1", "--val-every", "0",
@@ -126,7 +116,7 @@ def test_real_layout_trains_evaluates_and_is_left_byte_identical(tmp_path, monke
     sizes = {"6729": (2 * W, 2 * H)}  # its XML says 160x120, the JPEG is 80x60
     boxes = dict(BOXES, **{"6729": BOXES["6729"] + [([6732], (30, 30, 30, 40))]})  # zero width
     user = make_flickr(tmp_path / "flickr", boxes=boxes, sizes=sizes)
-    before = tree_hashes(user)
+    before = tree(user)
     monkeypatch.chdir(tmp_path)  # data_cache/ and logs/ of the run: the current directory's
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -150,7 +140,7 @@ def test_real_layout_trains_evaluates_and_is_left_byte_identical(tmp_path, monke
     metrics = json.loads((out / "metrics.json").read_text())
     # test: 6729 (man, pole: 2 boxed phrases; the subway is a scene) and 176052 (2 + 3)
     assert metrics["gallery_size"] == 2 and metrics["num_captions"] == 3 and metrics["num_entities"] == 7
-    assert tree_hashes(user) == before  # every file as it was, none added
+    assert tree(user) == before  # every file as it was, none added
 
 
 def test_one_based_boxes_are_converted_as_the_official_parser(tmp_path):
@@ -260,7 +250,7 @@ def test_the_repositorys_annotations_zip_is_read_in_place(tmp_path, capsys):
         for sub in ("Annotations", "Sentences"):
             for name in sorted(os.listdir(os.path.join(unpacked, sub))):
                 z.write(os.path.join(unpacked, sub, name), f"{sub}/{name}")
-    before = tree_hashes(user)
+    before = tree(user)
     cfg = load_config(["--family", "grounding", "--data.root", str(user), "--data.generate", "false"])
     fam.prepare_data(cfg)
     assert "layout flickr30k_entities_zip (detected)" in capsys.readouterr().out
@@ -271,7 +261,7 @@ def test_the_repositorys_annotations_zip_is_read_in_place(tmp_path, capsys):
         assert [r["ann"] for r in zipped[split].records] == [r["ann"] for r in want.records]
         for k, v in zipped[split].get(0, 0).items():
             assert v == want.get(0, 0)[k] if isinstance(v, str) else torch.equal(v, want.get(0, 0)[k]), k
-    assert tree_hashes(user) == before  # read in place: nothing unpacked, nothing added
+    assert tree(user) == before  # read in place: nothing unpacked, nothing added
     with pytest.raises(UserDataError, match=r"--data.format flickr30k_entities_zip expects annotations.zip"):
         fam.prepare_data(load_config(["--family", "grounding", "--data.root", unpacked, "--data.generate",
                                       "false", "--data.format", "flickr30k_entities_zip"]))

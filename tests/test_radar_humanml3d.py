@@ -1,7 +1,6 @@
 """HumanML3D motion -> radar: physics on constructed SMPL-22 motion, the real
 HumanML3D layout simulated and read end to end, the mmExpert layout, the
 cache rule, bad input, and the simulator's motions exported as HumanML3D."""
-import hashlib
 import json
 import os
 
@@ -22,6 +21,7 @@ from data.radar.smpl import extend, kinect_to_humanml3d, mirror, resample
 from data.radar.temporal import TemporalNegatives
 from tests.radar_tiny import tiny_args, tiny_cfg
 from tests.smpl_motions import walk
+from tests.folder_digest import tree
 
 CFG = RadarConfig()
 CLEAN = dict(HUMANML3D_DEFAULTS, clutter_points=(0, 0), multipath=False, noise_power=0.0)
@@ -142,22 +142,13 @@ def _write_humanml3d(src):
             f.write("".join(f"{i}\n" for i in ids))
 
 
-def _snapshot(folder):
-    out = {}
-    for d, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(d, name)
-            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
-
-
 def test_humanml3d_folder_simulated_and_read_end_to_end(tmp_path):
     src, out = str(tmp_path / "HumanML3D"), str(tmp_path / "radar")
     _write_humanml3d(src)
-    before = _snapshot(src)
+    before = tree(src)
     with pytest.warns(UserWarning, match="short"):
         root = simulate_humanml3d(src, out, placements="AB", layout="both", clutter_points=(0, 0))
-    assert _snapshot(src) == before                               # the source is never written into
+    assert tree(src) == before                               # the source is never written into
 
     splits = {s: json.load(open(os.path.join(root, "_split", f"{s}.json"))) for s in ("train", "val", "test")}
     # training: every placement of the clip and of its (unlisted) mirror; val/test: placement A only
@@ -233,7 +224,7 @@ def test_two_workers_write_the_same_bytes(tmp_path):
     with pytest.warns(UserWarning):
         one = simulate_humanml3d(src, str(tmp_path / "w1"), workers=1, placements="AB")
         two = simulate_humanml3d(src, str(tmp_path / "w2"), workers=2, placements="AB")
-    a, b = _snapshot(one), _snapshot(two)
+    a, b = tree(one), tree(two)
     a.pop(".structclip-generated.json"), b.pop(".structclip-generated.json")
     a.pop("data_info.json"), b.pop("data_info.json")
     assert a == b and any(k.startswith("mmwave/") for k in a)
@@ -304,7 +295,7 @@ def test_train_stage1_and_eval_on_simulated_humanml3d(tmp_path):
     the temporal-order metric exists because meta/ carried over."""
     src = export_sim_motions(str(tmp_path / "h3d"), 4, 2, 2, seed=3)
     root = simulate_humanml3d(src, str(tmp_path / "radar"), placements="AC")
-    before = _snapshot(src)
+    before = tree(src)
     logs = tmp_path / "logs"
     train_stage1.main(tiny_args(root, logs) + ["--data.generate", "false", "--max-steps", "1", "--name", "h3d"])
     eval_script.main(["--checkpoint", str(logs / "h3d" / "checkpoints" / "latest.pt"), "--out", str(tmp_path / "eval")])
@@ -314,7 +305,7 @@ def test_train_stage1_and_eval_on_simulated_humanml3d(tmp_path):
         len(json.load(open(os.path.join(root, "meta", f"{k}.json")))["order_swapped_captions"])
         for k in json.load(open(os.path.join(root, "_split", "test.json"))))
     assert 0.0 <= m["t2r_R@1"] <= 1.0 and 0.0 <= m["temporal_order_acc"] <= 1.0
-    assert _snapshot(src) == before
+    assert tree(src) == before
 
 
 def test_cli_export_sim_then_simulate(tmp_path, capsys):

@@ -5,7 +5,6 @@ evaluated (eval.py), every file byte-identical afterwards and nothing added;
 issue 10's deletion case; the fewer-views error; seed 001's split lists with
 mixing ratios; the T-range and min_motion_len keys; sub-segment captions;
 HumanML3D -> radar from the train script's command line."""
-import hashlib
 import json
 import os
 
@@ -19,20 +18,9 @@ from data.cache import UserDataError, derived_dir
 from data.radar.dataset import RadarDataError, RadarTextDataset
 from data.radar.humanml3d_export import export_sim_motions
 from tests.radar_tiny import tiny_args, tiny_cfg
+from tests.folder_digest import tree
 
 MM = os.path.join("dataset", "HumanML3D")
-
-
-def _tree(folder):
-    """{relative path: sha256} of every file and folder under folder (added empty folders count)."""
-    out = {}
-    for d, dirs, files in os.walk(folder):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(d, name), folder) + "/"] = "dir"
-        for name in files:
-            path = os.path.join(d, name)
-            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
 
 
 def _doppler(t, placement=0):
@@ -107,15 +95,15 @@ def test_issue10_mmexpert_folder_refused_then_trained_never_touched(tmp_path, ca
     and _split/ and trained on simulated clips. Now: an error naming
     --data.generate false, nothing changed; with it, trains and evaluates."""
     root = _mmexpert(tmp_path / "HumanML3D")
-    before = _tree(root)
+    before = tree(root)
     with pytest.raises(UserDataError, match=r"HumanML3D.*--data.generate false"):
         train_stage1.main(tiny_args(root, tmp_path / "logs") + ["--max-steps", "2", "--name", "gen"])
-    assert _tree(root) == before
+    assert tree(root) == before
     _train_and_eval(root, tmp_path, "--data.radar_views", "doppler", "--model.text.disk_cache", "true")
     out = capsys.readouterr().out
     assert "mmexpert layout detected" in out
     assert f"resolved against data.root as {os.path.join(root, 'udoppler')}" in out
-    assert _tree(root) == before
+    assert tree(root) == before
     # the text cache of a user's folder lives under data.cache_dir, never beside the data
     cache = derived_dir(root, "radar", False, str(tmp_path / "cache"))
     assert os.listdir(os.path.join(cache, "text_cache"))
@@ -133,12 +121,12 @@ def test_fewer_views_than_radar_views_is_an_error_naming_them(tmp_path):
 # ------------------------------------------------------------------ the project's layout
 def test_project_layout_without_marker_loads_trains_and_is_untouched(tmp_path, capsys):
     root = _project(tmp_path / "mine")
-    before = _tree(root)
+    before = tree(root)
     with pytest.raises(UserDataError, match="--data.generate false"):
         fam.prepare_data(tiny_cfg(root))
     _train_and_eval(root, tmp_path)
     assert "project layout detected" in capsys.readouterr().out
-    assert _tree(root) == before
+    assert tree(root) == before
     ds = fam.build_datasets(tiny_cfg(root, "--data.generate", "false"))["train"].base
     assert ds.items[0]["captions"] == ["a person does a", "someone does a"]   # from texts/
 
@@ -277,7 +265,7 @@ def test_sub_segment_caption_lines_are_clips_of_their_frames(tmp_path):
 # ------------------------------------------------------------------ HumanML3D from the train script
 def test_train_stage1_simulates_a_humanml3d_folder_then_trains(tmp_path, capsys):
     src = export_sim_motions(str(tmp_path / "h3d"), 4, 1, 2, seed=4)
-    before = _tree(src)
+    before = tree(src)
     cache, logs = tmp_path / "radar", tmp_path / "logs"
     args = ["--preset", "humanml3d"] + tiny_args(cache, logs) + [
         "--data.humanml3d", src, "--data.sim", "{placements: A}", "--max-steps", "2", "--name", "h3d"]
@@ -293,6 +281,6 @@ def test_train_stage1_simulates_a_humanml3d_folder_then_trains(tmp_path, capsys)
     m = eval_script.main(["--checkpoint", str(logs / "h3d" / "checkpoints" / "latest.pt"),
                           "--out", str(tmp_path / "eval")])
     assert m["t2r_chance_R@10"] == 1.0
-    assert _tree(src) == before
+    assert tree(src) == before
     with pytest.raises(UserDataError, match="needs --data.generate true"):
         fam.prepare_data(tiny_cfg(cache, "--data.humanml3d", src, "--data.generate", "false"))

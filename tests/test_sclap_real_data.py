@@ -4,7 +4,6 @@ with --data.root DIR --data.generate false on T-SALM's stClotho layout (FLAC,
 16 kHz). The folder is byte-identical afterwards with nothing added; all five
 captions of every test item reach retrieval (checked against a hand
 computation); generation into the folder is refused."""
-import hashlib
 import json
 import os
 
@@ -19,22 +18,11 @@ from data.cache import UserDataError
 from data.sclap.dataset import collate
 from tests.test_sclap_layouts import make_manifest, make_stclotho
 from training.config import load_config
+from tests.folder_digest import tree
 
 TINY = ["--family", "sclap", "--data.generate", "false", "--model.channels", "[8,8,16]",
         "--model.embed_dim", "32", "--model.temporal_heads", "4", "--precision", "fp32", "--workers", "0",
         "--batch-size", "2", "--max-steps", "2", "--eval.figures", "false"]
-
-
-def tree(root):
-    """{relative path: (sha256, mode)} of every file and folder under root."""
-    out = {}
-    for d, dirs, files in os.walk(root):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(d, name), root) + "/"] = "dir"
-        for name in files:
-            with open(os.path.join(d, name), "rb") as f:
-                out[os.path.relpath(os.path.join(d, name), root)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def run(root, tmp_path, name):

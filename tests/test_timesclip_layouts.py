@@ -4,7 +4,6 @@ writes to it: the project's ``fields.csv`` and the crop-yield port's per-year
 ``<band>_00..<band>_35``, the yield in ``y{YEAR}``, the year from the file
 name), bands chosen by name, the split by year from the config."""
 import csv
-import hashlib
 import json
 import os
 
@@ -24,6 +23,7 @@ from models.timesclip.model import TimesCLIP
 from models.timesclip.render import render_variates
 from tests.test_timesclip_stage2 import TINY
 from training.config import load_config
+from tests.folder_digest import tree
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -81,18 +81,6 @@ def write_fields(root, years=YEARS, n=N, seed=1):
             w.writerow([f"f{i}", "r0", years[i // n], f"{y[i]:.4f}"]
                        + [f"{c:.6f}" for c in v[i].T.reshape(-1)])
     return v, y
-
-
-def tree(root):
-    """Every entry under ``root`` (folders too) and each file's SHA-256."""
-    out = {}
-    for d, dirs, files in os.walk(root):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(d, name), root) + "/"] = "dir"
-        for name in files:
-            with open(os.path.join(d, name), "rb") as f:
-                out[os.path.relpath(os.path.join(d, name), root)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def _cfg(root, *extra):
