@@ -11,7 +11,7 @@ from torchvision.ops import roi_align
 
 from data.grounding.spans import spans_to_token_mask
 from models.grounding.vit import VisionTransformer
-from models.towers import VisionTower, build_text_encoder, tower_config
+from models.towers import VisionTower, build_text_encoder, check_scratch_tower, tower_config
 
 
 def _rois(boxes):
@@ -58,15 +58,6 @@ class GatedCrossAttention(nn.Module):
         g = torch.sigmoid(self.gate(torch.cat([queries, a], -1)))
         out = queries + g * a
         return (out, w) if return_weights else out
-
-
-def check_scratch_tower(settings, key):
-    """The tower keys a from-scratch tower cannot honour, refused by name."""
-    for k, default in (("unfreeze_last_n", 0), ("layer_decay", 1.0), ("lr_mult", 1.0)):
-        if settings[k] != default:
-            raise ValueError(f"{key}.{k}={settings[k]!r} needs {key}.pretrained (a checkpoint "
-                             "folder); the from-scratch tower has no pretrained blocks "
-                             "(lr_multipliers sets its learning rate)")
 
 
 class GroundingModel(nn.Module):

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from models.radar.encoder import RadarEncoder
-from models.towers import TOWER_DEFAULTS, RadarTower, build_text_encoder, tower_config
+from models.towers import RadarTower, build_text_encoder, check_scratch_tower, tower_config
 
 # model.text keys of checkpoints saved before the tower sections (issue 11)
 LEGACY_TEXT_KEYS = {"model_name": "pretrained", "freeze_backbone": "freeze"}
@@ -148,11 +148,7 @@ def build_radar_encoder(cfg):
         # use_*) are the checkpoint's own here: it has its own blocks and patch size
         return RadarTower(r, "model.radar", embed_dim=m["embed_dim"], radar_views=d["radar_views"],
                           max_sequence_length=d["max_motion_length"], pooling=r["pooling"])
-    for k in ("unfreeze_last_n", "layer_decay", "lr_mult"):
-        if r[k] != TOWER_DEFAULTS[k]:
-            raise ValueError(f"model.radar.{k}={r[k]!r} needs model.radar.pretrained (a ViT "
-                             "folder); the RadarEncoder from scratch has no pretrained blocks "
-                             "(lr_multipliers sets its learning rate)")
+    check_scratch_tower(r, "model.radar")
     enc = RadarEncoder(embed_dim=m["embed_dim"], radar_views=d["radar_views"], dropout=m["dropout"],
                        max_sequence_length=d["max_motion_length"],
                        use_layer_norm=m["use_layer_norm"],

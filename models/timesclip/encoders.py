@@ -6,16 +6,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from models.timesclip.render import render_variates
-from models.towers import TextTower, VisionTower, tower_config
-
-
-def check_scratch_tower(settings, key):
-    """The tower keys a from-scratch body cannot honour, refused by name."""
-    for k, default in (("unfreeze_last_n", 0), ("layer_decay", 1.0), ("lr_mult", 1.0)):
-        if settings[k] != default:
-            raise ValueError(f"{key}.{k}={settings[k]!r} needs {key}.pretrained (a checkpoint "
-                             "folder); the from-scratch body has no pretrained blocks "
-                             "(lr_multipliers sets its learning rate)")
+from models.towers import TextTower, VisionTower, check_scratch_tower, tower_config
 
 
 def run_layers(layers, x, grad_checkpointing):

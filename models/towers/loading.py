@@ -137,3 +137,13 @@ def load_tower(pretrained, expected, key="model.tower.pretrained", bundled_text=
     if attr is not None:
         model = getattr(model, attr)
     return model, path
+
+
+def check_scratch_tower(settings, key):
+    """A from-scratch tower (``pretrained: null``) has no pretrained blocks: the
+    tower keys that only mean something for a checkpoint are refused by name."""
+    for k in ("unfreeze_last_n", "layer_decay", "lr_mult"):
+        if settings[k] != TOWER_DEFAULTS[k]:
+            raise ValueError(f"{key}.{k}={settings[k]!r} needs {key}.pretrained (a checkpoint "
+                             "folder); the from-scratch tower has no pretrained blocks "
+                             "(lr_multipliers sets its learning rate)")
