@@ -72,8 +72,10 @@ def test_thread_budget_never_exceeds_the_cores(cores, local_ranks):
 
 def test_thread_budget_two_cores_and_user_settings():
     assert thread_budget(cores=2, local_ranks=1, env={}) | {"reason": ""} == \
-        {"threads": 1, "workers": 1, "gen_workers": 2, "cores": 2, "per_rank": 2, "reason": ""}
-    assert thread_budget(workers=0, cores=2, local_ranks=1, env={})["threads"] == 2
+        {"threads": 2, "workers": 0, "gen_workers": 2, "cores": 2, "per_rank": 2, "reason": ""}
+    assert thread_budget(workers=1, cores=2, local_ranks=1, env={})["threads"] == 1
+    assert thread_budget(cores=4, local_ranks=1, env={}) | {"reason": ""} == \
+        {"threads": 3, "workers": 1, "gen_workers": 4, "cores": 4, "per_rank": 4, "reason": ""}
     plan = thread_budget(cores=2, local_ranks=1, env={"OMP_NUM_THREADS": "1"})
     assert plan["threads"] == 1 and "OMP_NUM_THREADS" in plan["reason"]
     assert thread_budget(threads=6, workers=3, cores=2, local_ranks=1, env={})["threads"] == 6

@@ -6,8 +6,10 @@ times (OpenMP threads spin while they wait for a core). The budget is the
 cores this process may use (``os.sched_getaffinity``), shared among the ranks
 of this node under ``torchrun``:
 
-- DataLoader ``workers`` (unset: 0 on one core, 1 up to 4 cores, then a
-  quarter of the cores, at most 8) run beside the training step;
+- DataLoader ``workers`` (unset: 0 up to 2 cores, where a worker's core is
+  worth more to the step than the loading it hides: measured 1.3x faster for
+  radar and 1.75x for sCLAP on 2 cores; 1 up to 4 cores, then a quarter of the
+  cores, at most 8) run beside the training step;
 - intra-op ``threads`` (unset: the cores left after the workers, at least 1);
 - generator ``gen_workers`` (unset: every core) run before training, while the
   main process waits, each worker on one thread.
@@ -42,9 +44,9 @@ def thread_budget(threads=None, workers=None, gen_workers=None, cores=None, loca
         set_by.append("threads from OMP_NUM_THREADS")
     if workers is None:
         if threads is not None:
-            workers = max(0, min(per_rank - int(threads), 1 if per_rank <= 4 else 8))
+            workers = max(0, min(per_rank - int(threads), 0 if per_rank <= 2 else 1 if per_rank <= 4 else 8))
         else:
-            workers = 0 if per_rank < 2 else 1 if per_rank <= 4 else min(8, per_rank // 4)
+            workers = 0 if per_rank <= 2 else 1 if per_rank <= 4 else min(8, per_rank // 4)
     else:
         set_by.append("workers set")
     if threads is None:
