@@ -88,7 +88,8 @@ def saved_bytes(tower, inputs):
             s = t.untyped_storage()
             if s.data_ptr() not in params:
                 seen[s.data_ptr()] = s.nbytes()
-        except (RuntimeError, NotImplementedError):
+        except (RuntimeError, NotImplementedError):  # a tensor without storage (e.g. a view of
+            # a functional/meta tensor) holds no activation memory of its own: nothing to count
             pass
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

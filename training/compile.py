@@ -26,7 +26,3 @@ def compile_towers(model, mode=None):
         names.append(name)
     return names
 
-
-def is_compiled(module):
-    return getattr(module, "_compiled_call_impl", None) is not None
-
