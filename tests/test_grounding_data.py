@@ -217,9 +217,9 @@ def test_bad_files_raise_clear_errors(tmp_path):
 def test_generated_cache_follows_every_generator_key_and_never_takes_a_users_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = {"num_train": 2, "num_val": 1, "num_test": 1, "gen_image_size": 32, "captions_per_image": 1,
-            "gen_seed": 0}
+            "gen_seed": 0, "captions": "template"}
     changed = {"num_train": 3, "num_val": 2, "num_test": 2, "gen_image_size": 40, "captions_per_image": 2,
-               "gen_seed": 1}
+               "gen_seed": 1, "captions": "diverse"}
     assert set(base) == set(fam.GEN_KEYS)
 
     def prepare(params, root="rel/data"):
@@ -234,6 +234,7 @@ def test_generated_cache_follows_every_generator_key_and_never_takes_a_users_fol
     assert root == str(tmp_path / "rel" / "data")  # a relative root is the current directory's
     assert read_marker(root)["params"] == dict(base, **fam.GEN_FORMAT)
     first = (tmp_path / "rel" / "data" / "flickr30k-images" / "00000000.jpg").read_bytes()
+    first_sentences = (tmp_path / "rel" / "data" / "Sentences" / "00000000.txt").read_text()
     for key, value in changed.items():
         params = dict(base, **{key: value})
         prepare(params)
@@ -243,7 +244,10 @@ def test_generated_cache_follows_every_generator_key_and_never_takes_a_users_fol
         assert len(ds.records[0]["captions"]) == params["captions_per_image"]
         assert ds.records[0]["ann"].width == params["gen_image_size"]
         image = (tmp_path / "rel" / "data" / "flickr30k-images" / "00000000.jpg").read_bytes()
-        assert (image != first) == (key in ("gen_seed", "gen_image_size")), key
+        assert (image != first) == (key in ("gen_seed", "gen_image_size")), key   # captions: same images
+        sentences = (tmp_path / "rel" / "data" / "Sentences" / "00000000.txt").read_text()
+        if key == "captions":
+            assert sentences != first_sentences
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("my own files")

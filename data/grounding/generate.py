@@ -6,7 +6,16 @@ object is annotated with a box under its own chain id; each caption names
 some of the objects by colour and shape (sometimes size and texture), and by
 spatial relations or positions. An object's (colour, shape) is unique in its
 image, so every phrase refers to exactly one box.
+
+Two caption grammars (``captions``, the config's data.captions): ``template``
+(make_captions below, the captions of before issue 13, kept bit-identical)
+and ``diverse`` (data/grounding/captions.py). The images are the same under
+both: the template captions always draw from the scene's stream (the next
+scene depends on it), the diverse ones from a stream of their own.
+The scenes' objects are written to ``scene_objects.json`` so evaluation can
+write the held-out captions (data/grounding/heldout.py) for the same images.
 """
+import json
 import os
 import time
 
@@ -14,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.ndimage import binary_erosion
 
+from data.grounding.captions import diverse_captions
 from data.grounding.format import format_caption, write_annotation
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 230),
@@ -25,6 +35,9 @@ SIZES = {"small": (0.16, 0.22), "large": (0.30, 0.40)}  # side as a share of the
 BACKGROUNDS = {"gray": (128, 128, 128), "beige": (200, 185, 150), "teal": (60, 120, 120),
                "brown": (110, 80, 50)}
 SPLITS = ("train", "val", "test")
+CAPTION_GRAMMARS = ("diverse", "template")
+SCENE_OBJECTS = "scene_objects.json"   # {image id: background, scene chain, objects}: what a scene holds
+CAPTION_SALT = 13   # the diverse captions' stream: default_rng([seed, split_id, index, CAPTION_SALT])
 
 
 def _polygon(shape, x0, y0, x1, y1):
@@ -151,8 +164,9 @@ def make_captions(rng, objects, bg_name, size, n_captions, scene_chain):
     return caps
 
 
-def make_scene(rng, size, n_captions, first_chain):
-    """One image: (PIL image, objects, captions, scene chain)."""
+def make_scene(rng, size, n_captions, first_chain, caption_rng=None):
+    """One image: (PIL image, objects, captions, scene chain, background name).
+    caption_rng None: the template captions; else the diverse ones, drawn from it."""
     n = int(rng.integers(2, 6))
     boxes = None
     while boxes is None:
@@ -178,12 +192,21 @@ def make_scene(rng, size, n_captions, first_chain):
     for o in objects:
         img = draw_object(img, o)
     scene_chain = first_chain + n
-    return img, objects, make_captions(rng, objects, bg_name, size, n_captions, scene_chain), scene_chain
+    # always drawn: the template captions advance the scene stream that the next image reads
+    caps = make_captions(rng, objects, bg_name, size, n_captions, scene_chain)
+    if caption_rng is not None:
+        caps = diverse_captions(caption_rng, objects, bg_name, size, n_captions, scene_chain)
+    return img, objects, caps, scene_chain, bg_name
 
 
-def generate(root, num_train, num_val, num_test, image_size=128, captions_per_image=3, seed=0):
-    """Write a dataset in the Flickr30k Entities layout under root; returns seconds taken."""
+def generate(root, num_train, num_val, num_test, image_size=128, captions_per_image=3, seed=0,
+             captions="template"):
+    """Write a dataset in the Flickr30k Entities layout under root (and its
+    scenes' objects in SCENE_OBJECTS); returns seconds taken."""
+    if captions not in CAPTION_GRAMMARS:
+        raise ValueError(f"data.captions must be one of {CAPTION_GRAMMARS}, got {captions!r}")
     t0 = time.time()
+    scenes = {}
     for d in ("flickr30k-images", "Sentences", "Annotations"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     chain = 1  # chain 0 is reserved for "not visual"
@@ -192,8 +215,13 @@ def generate(root, num_train, num_val, num_test, image_size=128, captions_per_im
         ids = []
         for k in range(count):
             image_id = f"{split_id}{k:07d}"
-            img, objects, caps, scene_chain = make_scene(rng, image_size, captions_per_image, chain)
+            cap_rng = (np.random.default_rng([seed, split_id, k, CAPTION_SALT])
+                       if captions == "diverse" else None)
+            img, objects, caps, scene_chain, bg_name = make_scene(rng, image_size, captions_per_image, chain,
+                                                                  cap_rng)
             chain = scene_chain + 1
+            scenes[image_id] = {"split": split, "width": image_size, "height": image_size,
+                                "background": bg_name, "scene_chain": scene_chain, "objects": objects}
             img.save(os.path.join(root, "flickr30k-images", f"{image_id}.jpg"), quality=95)
             with open(os.path.join(root, "Sentences", f"{image_id}.txt"), "w") as f:
                 f.write("\n".join(caps) + "\n")
@@ -203,4 +231,6 @@ def generate(root, num_train, num_val, num_test, image_size=128, captions_per_im
             ids.append(image_id)
         with open(os.path.join(root, f"{split}.txt"), "w") as f:
             f.write("\n".join(ids) + "\n")
+    with open(os.path.join(root, SCENE_OBJECTS), "w") as f:
+        json.dump(scenes, f)
     return time.time() - t0

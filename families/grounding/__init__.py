@@ -11,16 +11,26 @@ from data.cache import UserDataError, check_user_folder, ensure_generated, resol
 from data.layout import Layout, detect_layout, exists
 from data.grounding.dataset import GroundingDataset, collate  # noqa: F401  (contract)
 from data.grounding.files import ZIP
-from data.grounding.generate import generate
+from data.grounding.generate import SCENE_OBJECTS, generate
 from families.grounding.evaluation import evaluate  # noqa: F401  (contract)
 from losses.grounding_loss import GroundingLoss
 from models.grounding.model import GroundingModel
 
 # every argument of data.grounding.generate.generate, in its order: the cache marker records them all
-GEN_KEYS = ("num_train", "num_val", "num_test", "gen_image_size", "captions_per_image", "gen_seed")
+GEN_KEYS = ("num_train", "num_val", "num_test", "gen_image_size", "captions_per_image", "gen_seed",
+            "captions")
 # the on-disk format the generator writes, in the marker too: data generated before the
-# XML boxes became 1-based (as the real files) are rebuilt, not misread by one pixel
-GEN_FORMAT = {"xml_boxes": "1-based"}
+# XML boxes became 1-based (as the real files) are rebuilt, not misread by one pixel, and
+# data without the scene objects (before issue 13) are rebuilt with them
+GEN_FORMAT = {"xml_boxes": "1-based", "scene_objects": SCENE_OBJECTS}
+# a checkpoint's config from before a generator key existed: the behaviour of before the key
+GEN_BEFORE = {"captions": "template"}
+
+
+def gen_params(cfg):
+    """The generator's arguments from cfg["data"] (a key missing: its GEN_BEFORE value)."""
+    d = cfg["data"]
+    return {k: d[k] if k in d else GEN_BEFORE[k] for k in GEN_KEYS}
 
 
 def _all(*probes):
@@ -51,10 +61,11 @@ def layout(cfg):
 def data_root(cfg):
     """data.root (relative: against the current directory), or by default a
     folder per generator setting, so that settings do not evict each other."""
-    d = cfg["data"]
+    d, g = cfg["data"], gen_params(cfg)
     root = d["root"] or os.path.join("data_cache", "grounding",
-                                     f"synth_{d['num_train']}_{d['num_val']}_{d['num_test']}_"
-                                     f"{d['gen_image_size']}px_c{d['captions_per_image']}_s{d['gen_seed']}")
+                                     f"synth_{g['num_train']}_{g['num_val']}_{g['num_test']}_"
+                                     f"{g['gen_image_size']}px_c{g['captions_per_image']}_s{g['gen_seed']}_"
+                                     f"{g['captions']}")
     return resolve_root(root)
 
 
@@ -71,11 +82,13 @@ def prepare_data(cfg):
               f"written there")
         return
 
-    def build(tmp):
-        secs = generate(tmp, *(d[k] for k in GEN_KEYS))
-        print(f"grounding: generated data in {root} in {secs:.1f} s")
+    params = gen_params(cfg)
 
-    ensure_generated(root, {**{k: d[k] for k in GEN_KEYS}, **GEN_FORMAT}, build, "grounding scenes")
+    def build(tmp):
+        secs = generate(tmp, *params.values())
+        print(f"grounding: generated data in {root} in {secs:.1f} s ({params['captions']} captions)")
+
+    ensure_generated(root, {**params, **GEN_FORMAT}, build, "grounding scenes")
 
 
 def build_datasets(cfg):

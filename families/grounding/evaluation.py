@@ -10,13 +10,25 @@ whose object feature is most similar to the phrase's entity feature is the
 prediction; it is correct if its IoU with a gold box of the phrase's chain is
 >= eval.iou_threshold (R@1 at IoU >= 0.5). `entity_object_chance` is the
 expected accuracy of picking a candidate uniformly at random.
+
+Held-out phrasing (issue 13): every text-side metric again, keys prefixed
+``heldout_``, on captions of the frozen held-out grammar
+(data/grounding/heldout.py) written for the same images from the
+generator's ``scene_objects.json``; the images' encodings are shared. A data
+folder without that file (real data, data generated before issue 13) gets
+no heldout_ keys, and the log says so once.
 """
+import copy
+import os
+
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 from torchvision.ops import box_iou
 
+from data.grounding.format import parse_caption
+from data.grounding.heldout import SCENE_OBJECTS, heldout_captions, load_scenes
 from data.grounding.views import (CaptionEntities, ImageBoxes, collate_caption_entities,
                                   collate_image_boxes, image_boxes)
 from training.evaluation import encode_split, eval_mode, retrieval, similarity_figure
@@ -111,11 +123,41 @@ def entity_heatmaps(model, dataset, patches, cfg, device, n, max_entities=3):
     return fig
 
 
-def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, step=0):
-    device = torch.device(device)
+_told = set()   # data folders whose missing scene objects the log has mentioned
+
+
+def heldout_dataset(dataset):
+    """A shallow copy of ``dataset`` whose captions are the held-out grammar's
+    (same images, boxes and order), or None when its folder has no scene objects."""
+    scenes = load_scenes(dataset.root)
+    if scenes is None:
+        if dataset.root not in _told:
+            _told.add(dataset.root)
+            print(f"grounding: {os.path.join(dataset.root, SCENE_OBJECTS)} not found (real data, or data "
+                  f"generated before issue 13): no heldout_ metrics")
+        return None
+    held = copy.copy(dataset)
+    held.records = []
+    for rec in dataset.records:
+        where = f"{os.path.join(dataset.root, SCENE_OBJECTS)} image {rec['id']}"
+        if rec["id"] not in scenes:
+            raise ValueError(f"{where}: missing (the file does not describe this split's images)")
+        scene = scenes[rec["id"]]
+        boxed = {c for cs in rec["ann"].box_chains for c in cs}
+        if not {o["chain"] for o in scene["objects"]} <= boxed:
+            raise ValueError(f"{where}: object chains {[o['chain'] for o in scene['objects']]} are not the "
+                             f"boxes of Annotations/{rec['id']}.xml")
+        lines = heldout_captions(rec["id"], scene)
+        held.records.append(dict(rec, captions=[parse_caption(ln, f"{where} held-out caption {k}")
+                                                for k, ln in enumerate(lines)]))
+    held.pairs = [(i, c) for i, r in enumerate(held.records) for c in range(len(r["captions"]))]
+    return held
+
+
+def text_metrics(model, dataset, im, cfg, device):
+    """Every metric that reads the captions: retrieval both ways and entity -> object,
+    against the split's encoded images ``im``."""
     norm = lambda x: F.normalize(x, dim=-1)
-    images = ImageBoxes(dataset)
-    im = encode_split(model, images, collate_image_boxes, cfg, device, forward=_encode_images)
     captions = CaptionEntities(dataset)
     cap = encode_split(model, captions, collate_caption_entities, cfg, device,
                        forward=_caption_encoder(im["patches"]))
@@ -124,8 +166,19 @@ def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, 
     boxes = [image_boxes(dataset, i) for i in range(len(dataset))]
     metrics.update(entity_object_accuracy(norm(cap["entity_features"]), cap["entity_ok"], captions.golds(),
                                           t2i, norm(im["object_features"]), boxes, cfg["eval"]["iou_threshold"]))
-    metrics["gallery_size"] = len(dataset)
     metrics["num_captions"] = len(t2i)
+    return metrics, txt_f, img_f, t2i
+
+
+def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, step=0):
+    device = torch.device(device)
+    images = ImageBoxes(dataset)
+    im = encode_split(model, images, collate_image_boxes, cfg, device, forward=_encode_images)
+    metrics, txt_f, img_f, t2i = text_metrics(model, dataset, im, cfg, device)
+    metrics["gallery_size"] = len(dataset)
+    held = heldout_dataset(dataset)
+    if held is not None:
+        metrics.update({f"heldout_{k}": v for k, v in text_metrics(model, held, im, cfg, device)[0].items()})
     if out_dir is not None or writer is not None:
         block = first_caption_block(txt_f, img_f, t2i, cfg["eval"]["num_matrix"])
         figs = {"similarity_matrix": similarity_figure(block, "image", "caption (of image with the same index)"),
