@@ -177,7 +177,8 @@ def test_classical_doa_baseline_finds_both_events(dataset_dir):
 # A new value for every generator key; each must make prepare_data rebuild.
 CHANGED = {"num_train": 2, "num_val": 2, "num_test": 2, "num_zeroshot": 2, "gen_seed": 7,
            "sample_rate": 8000, "clip_seconds": 5.0, "event_seconds": [0.6, 1.0],
-           "max_elevation": 10.0, "max_order": 0, "snr_db": [0, 5]}
+           "max_elevation": 10.0, "max_order": 0, "snr_db": [0, 5],
+           "captions": "template"}
 
 
 def _tiny_cfg(root, **data):

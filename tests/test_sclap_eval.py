@@ -113,9 +113,12 @@ def test_eval_script_end_to_end(tmp_path):
         for i in range(len(test)):
             item = test[i]
             f = model(collate([item]))
-            a, t = F.normalize(f["audio"][0], dim=-1), F.normalize(f["text"][0], dim=-1)  # [3, D]
-            temporal.append(float(t[0] @ a[0] > t[0] @ a[1]))
-            spatial.append(float(t[0] @ a[0] > t[0] @ a[2]))
+            a = F.normalize(f["audio"][0], dim=-1)                                # [3, D]
+            for k in range(test.num_captions(i)):   # caption k of the three variants (5 when diverse)
+                caps = [test.items[i][v]["captions"][k] for v in ("pos", "neg_t", "neg_s")]
+                t = F.normalize(model(collate([dict(item, captions=caps)]))["text"][0], dim=-1)
+                temporal.append(float(t[0] @ a[0] > t[0] @ a[1]))
+                spatial.append(float(t[0] @ a[0] > t[0] @ a[2]))
             for pred, true in zip(f["doa"][0], item["doa"]):                   # [2, 3] per clip
                 errors.append(min((_angle(pred[0], true[0]) + _angle(pred[1], true[1])) / 2,
                                   (_angle(pred[0], true[1]) + _angle(pred[1], true[0])) / 2))

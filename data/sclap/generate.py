@@ -11,6 +11,13 @@ An item is a triplet of real recordings with their own captions:
 All three share room, event instances, onsets and background noise, so they
 differ only in order (neg_t) or direction (neg_s). Split "test" also holds
 single-event clips (variant "single") for zero-shot direction classification.
+
+Captions (cfg "captions", data.captions): "template" is the grammar below
+(SPATIAL_TEMPLATES ..., the phrases in sounds.py; the only one before issue 13,
+so a config without the key means it); "diverse" is data/sclap/captions.py,
+which writes CAPTIONS_PER_ITEM captions a clip (caption, caption_2, ...). The
+diverse words come from their own RNG stream: the scene RNG draws exactly what
+it drew before, so the audio is the same under both.
 """
 import csv
 import multiprocessing
@@ -20,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from scipy.io import wavfile
 
+from data.sclap import captions as diverse
 from data.sclap.sounds import CLASS_NAMES, SOUND_CLASSES, synth_event
 from data.sclap.spatial import SECTOR_WORDS, Room, diffuse_noise, draw_direction
 from training.io import atomic_write
@@ -34,6 +42,26 @@ SPATIAL_TEMPLATES = ["{a} from the {da}, then {b} from the {db}.",
 PLAIN_TEMPLATES = ["{a}, then {b}.", "First {a}, followed by {b}.", "{a}, and then {b}."]
 SINGLE_TEMPLATE = "{a} from the {da}."
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+CAPTION_GRAMMARS = ("template", "diverse")
+CAPTION_SALT = 13   # the diverse grammar's stream: [gen_seed, split, index, CAPTION_SALT]
+EXTRA_COLUMNS = [f"{c}_{k}" for k in range(2, diverse.CAPTIONS_PER_ITEM + 1)
+                 for c in ("caption", "plain_caption")]
+
+
+def caption_grammar(cfg):
+    """cfg's caption grammar; a config from before issue 13 has none: template."""
+    g = cfg["captions"] if "captions" in cfg else "template"
+    if g not in CAPTION_GRAMMARS:
+        raise ValueError(f"data.captions must be one of {', '.join(CAPTION_GRAMMARS)}, got {g!r}")
+    return g
+
+
+def _caption_fields(caps, plains):
+    """caption, plain_caption, caption_2, plain_caption_2, ... of one row."""
+    out = {"caption": caps[0], "plain_caption": plains[0]}
+    for k in range(1, len(caps)):
+        out[f"caption_{k + 1}"], out[f"plain_caption_{k + 1}"] = caps[k], plains[k]
+    return out
 
 
 def _cap(s):
@@ -75,6 +103,8 @@ def make_item(split, index, cfg):
     out_dir = os.path.join(cfg["dir"], split)
     single = split == "test" and index >= cfg["num_test"]
     item_id = f"{split}_{index:05d}"
+    grammar = caption_grammar(cfg)
+    cap_rng = np.random.default_rng([cfg["gen_seed"], SPLIT_IDS[split], index, CAPTION_SALT])
 
     if single:
         c = rng.integers(len(CLASS_NAMES))
@@ -89,9 +119,13 @@ def make_item(split, index, cfg):
         phrase = SOUND_CLASSES[name][1][rng.integers(3)]
         fname = f"{split}/{item_id}_single.wav"
         _write_wav(os.path.join(cfg["dir"], fname), foa * (0.9 / np.abs(foa).max()), sr)
-        return [dict(split=split, item_id=item_id, variant="single", file_name=fname,
-                     caption=_cap(SINGLE_TEMPLATE.format(a=phrase, da=SECTOR_WORDS[sec])),
-                     plain_caption=_cap(phrase) + ".", event1_class=name, event1_azimuth=f"{azi:.2f}",
+        if grammar == "diverse":
+            text = dict(zip(("caption", "plain_caption"), diverse.single_caption(cap_rng, name, sec)))
+        else:
+            text = dict(caption=_cap(SINGLE_TEMPLATE.format(a=phrase, da=SECTOR_WORDS[sec])),
+                        plain_caption=_cap(phrase) + ".")
+        return [dict(split=split, item_id=item_id, variant="single", file_name=fname, **text,
+                     event1_class=name, event1_azimuth=f"{azi:.2f}",
                      event1_elevation=f"{ele:.2f}", event1_onset=f"{onset:.3f}", event2_class="",
                      event2_azimuth="", event2_elevation="", event2_onset="")]
 
@@ -110,6 +144,7 @@ def make_item(split, index, cfg):
     offsets = [rng.uniform(0, clip_s / 2 - d - 0.05) for d in durs]
     tmpl = int(rng.integers(len(SPATIAL_TEMPLATES)))
     phrases = [SOUND_CLASSES[nm][1][rng.integers(3)] for nm in names]
+    rich = diverse.triplet_captions(cap_rng, names, sectors) if grammar == "diverse" else None
 
     renders = {k: [room.render(events[e], *dirs[k][e], dists[e]) for e in range(2)] for k in dirs}
     # variant -> (order of events, direction set)
@@ -122,9 +157,12 @@ def make_item(split, index, cfg):
         (a1, l1), (a2, l2) = dirs[dset][e1], dirs[dset][e2]
         s1, s2 = sectors[dset][e1], sectors[dset][e2]
         fname = f"{split}/{item_id}_{v}.wav"
-        rows.append(dict(split=split, item_id=item_id, variant=v, file_name=fname,
-                         caption=spatial_caption(tmpl, phrases[e1], s1, phrases[e2], s2),
-                         plain_caption=plain_caption(tmpl, phrases[e1], phrases[e2]),
+        if rich is not None:
+            text = _caption_fields(*rich[v])
+        else:
+            text = dict(caption=spatial_caption(tmpl, phrases[e1], s1, phrases[e2], s2),
+                        plain_caption=plain_caption(tmpl, phrases[e1], phrases[e2]))
+        rows.append(dict(split=split, item_id=item_id, variant=v, file_name=fname, **text,
                          event1_class=names[e1], event1_azimuth=f"{a1:.2f}", event1_elevation=f"{l1:.2f}",
                          event1_onset=f"{offsets[e1]:.3f}",
                          event2_class=names[e2], event2_azimuth=f"{a2:.2f}", event2_elevation=f"{l2:.2f}",
@@ -147,6 +185,7 @@ def generate(cfg, workers=1):
         raise ValueError(f"data.event_seconds {cfg['event_seconds']} and data.clip_seconds "
                          f"{cfg['clip_seconds']}: the longest event must fit in half a clip "
                          f"(event_seconds[1] < clip_seconds / 2 - 0.05) and clip_seconds > 2")
+    columns = MANIFEST_COLUMNS + (EXTRA_COLUMNS if caption_grammar(cfg) == "diverse" else [])
     jobs = []
     for split in ("train", "val", "test"):
         os.makedirs(os.path.join(cfg["dir"], split), exist_ok=True)
@@ -160,7 +199,7 @@ def generate(cfg, workers=1):
         results = [_job(j) for j in jobs]
 
     def write(f):
-        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns, restval="")
         w.writeheader()
         for rows in results:
             w.writerows(rows)

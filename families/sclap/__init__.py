@@ -25,7 +25,7 @@ import os
 from data.cache import UserDataError, check_user_folder, derived_dir, ensure_generated, resolve_root
 from data.sclap.audio_io import LONG_CLIPS
 from data.sclap.dataset import STClothoDataset, collate
-from data.sclap.generate import MANIFEST, generate
+from data.sclap.generate import MANIFEST, caption_grammar, generate
 from data.sclap.layouts import LAYOUTS, detect
 from families.sclap.evaluation import evaluate_sclap
 from losses.sclap_loss import SCLAPLoss
@@ -35,14 +35,19 @@ from training.config import REPO_ROOT
 
 FRONTEND_KEYS = ("sample_rate", "clip_seconds", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
 GEN_KEYS = ("num_train", "num_val", "num_test", "num_zeroshot", "gen_seed", "sample_rate",
-            "clip_seconds", "event_seconds", "max_elevation", "max_order", "snr_db")
+            "clip_seconds", "event_seconds", "max_elevation", "max_order", "snr_db", "captions")
 
 
 def gen_params(cfg):
     """Every key the generator reads (data/sclap/generate.py), so the cache
     marker tells all generated datasets apart. gen_workers only splits the
-    work: each item has its own RNG, so it is not one of them."""
-    return {k: cfg["data"][k] for k in GEN_KEYS}
+    work: each item has its own RNG, so it is not one of them. data.captions
+    is left out when it is template (or missing: a config from before issue
+    13), so those data keep the marker and folder name they had."""
+    params = {k: cfg["data"][k] for k in GEN_KEYS if k in cfg["data"]}
+    if caption_grammar(params) == "template":
+        params.pop("captions", None)
+    return params
 
 
 def data_dir(cfg):

@@ -11,6 +11,12 @@ embeddings plus a fresh logistic probe; zero-shot direction classification of
 single-event clips with "The sound is coming from the {dir}." (skipped, with a
 note, when the split has none: T-SALM's layout has no single-event clips).
 Everything is encoded under the run's precision (training.evaluation).
+
+Held-out phrasing (issue 13): every text-side metric again, keys prefixed
+heldout_, on captions of data/sclap/heldout.py written from the split's
+event classes, azimuths and order (one caption an item and variant) and on
+its direction prompts for zero-shot. Data without event classes (T-SALM's
+stClotho, a user's manifest without them) get no heldout_ keys.
 """
 import os
 
@@ -19,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+from data.sclap import heldout
 from data.sclap.dataset import VARIANTS, cached_array, clips_key, collate
 from families.sclap.figures import make_figures
 from models.sclap.classical_doa import VERSION as CLASSICAL_DOA_VERSION
@@ -104,10 +111,49 @@ def all_caption_metrics(audio, text, dataset, model, cfg, device):
     return metrics
 
 
-def zeroshot_direction(model, dataset, cfg, device):
-    """Share of single-event clips whose nearest direction prompt names their sector."""
+def _encode_texts(model, texts, cfg, device):
+    """L2-normalised text embeddings [len(texts), D]."""
+    emb = encode_split(model, texts, list, cfg, device, forward=lambda m, b: {"text": m.encode_text(b)})
+    return F.normalize(emb["text"], dim=-1)
+
+
+_NOTED = set()
+
+
+def heldout_captions(dataset):
+    """[N][3] held-out captions (pos, neg_t, neg_s) of the split's items, or
+    None when some row has no event classes to describe."""
+    if not all(heldout.describes(it[v]) for it in dataset.items for v in VARIANTS):
+        return None
+    out = []
+    for it in dataset.items:
+        caps = heldout.item_captions(it["pos"]["item_id"], it)
+        out.append([caps[v] for v in VARIANTS])
+    return out
+
+
+def heldout_metrics(model, dataset, audio, cfg, device):
+    """Retrieval and triplet metrics on the held-out captions, heldout_ keys
+    ({} with a log line when the data have no event classes). audio [N, 3, D]."""
+    caps = heldout_captions(dataset)
+    if caps is None:
+        if (dataset.root, dataset.split) in _NOTED:
+            return {}
+        _NOTED.add((dataset.root, dataset.split))   # said once, not at every validation
+        print(f"sclap: heldout_ metrics skipped: split {dataset.split} ({dataset.layout} layout) has "
+              f"no event classes (event1_class, event2_class) to write held-out captions from")
+        return {}
+    text = _encode_texts(model, [c for three in caps for c in three], cfg, device).view(len(caps), 3, -1)
+    m = retrieval(text[:, 0], audio[:, 0], torch.arange(len(caps)), item="a")   # [N, D] each
+    m.update(triplet_metrics(audio, text))
+    return {f"heldout_{k}": v for k, v in m.items()}
+
+
+def zeroshot_direction(model, dataset, cfg, device, prompts=None):
+    """Share of single-event clips whose nearest direction prompt names their
+    sector; prompts: 8 strings in sector order (default: the config's)."""
     ec = cfg["eval"]
-    prompts = [ec["zeroshot_prompt"].format(dir=d) for d in ec["directions"]]
+    prompts = prompts or [ec["zeroshot_prompt"].format(dir=d) for d in ec["directions"]]
     text = encode_split(model, prompts, list, cfg, device, forward=lambda m, b: {"text": m.encode_text(b)})
     clips = [{"feats": torch.from_numpy(np.asarray(f, dtype=np.float32))} for f in dataset.single_feats]
     if dataset.single_wave is not None:   # a pretrained audio tower reads the W waveform
@@ -123,6 +169,7 @@ def evaluate_sclap(model, criterion, dataset, cfg, device, out_dir=None, writer=
     e = encode_split(model, dataset, collate, cfg, device, keys=ENCODE_KEYS)
     audio, text = F.normalize(e["audio"], dim=-1), F.normalize(e["text"], dim=-1)  # [N, 3, D]
     metrics = all_caption_metrics(audio, text, dataset, model, cfg, device)
+    metrics.update(heldout_metrics(model, dataset, audio, cfg, device))
     metrics["gallery_size"] = audio.shape[0]
 
     target = dataset.doa.reshape(-1, 2, 3)
@@ -140,6 +187,9 @@ def evaluate_sclap(model, criterion, dataset, cfg, device, out_dir=None, writer=
 
     if dataset.single_feats is not None:
         metrics["zeroshot_direction_acc"] = zeroshot_direction(model, dataset, cfg, device)
+        # the held-out prompts name directions only: every single-event clip has one
+        metrics["heldout_zeroshot_direction_acc"] = zeroshot_direction(
+            model, dataset, cfg, device, heldout.zeroshot_prompts())
     elif dataset.split == "test":
         print(f"sclap: zeroshot_direction_acc skipped: split {dataset.split} has no single-event "
               f"clips ({dataset.layout} layout); it is not estimated from two-event clips")
