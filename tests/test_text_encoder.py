@@ -49,7 +49,9 @@ def test_freeze_and_unfreeze_last_layers():
     assert any("encoder.layer.4." in n for n in trainable)
     assert not any("encoder.layer.3." in n or "embeddings" in n for n in trainable)
     assert "proj.weight" in trainable
-    assert not e.cache_features  # a partly trainable backbone can't be cached
+    # the frozen prefix is cached (its output enters layer 4), the last 2 layers run per step
+    assert e.cache_features and e.prefix_layers == 4
+    assert not TextEncoder(embed_dim=8, freeze_backbone=False).cache_features  # nothing frozen
 
 
 def test_frozen_cache_matches_uncached():

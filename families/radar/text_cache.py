@@ -10,14 +10,17 @@ and on every core (nothing else runs during data preparation): in a long run
 that is several times cheaper than meeting the captions one batch at a time.
 The file name holds everything the stored outputs depend on (the backbone,
 ``max_length``, the pooling: ``pooler`` stores the pooled output too, the
-autocast dtype); a caption missing from the file is encoded as usual when it
-is met.
+autocast dtype, and with ``unfreeze_last_n`` n > 0 that n: the file then holds
+the frozen prefix's states, the input of the last n layers, which train); a
+caption missing from the file is encoded as usual when it is met. The text
+head and token dropout run after what is stored, so they share the file.
 The model's in-memory caption cache is bounded (``model.text.cache_max_mb``):
 loading a larger file keeps its most recent part, with a warning.
-Only today's TextEncoder caches (a plain text model, frozen, no layer decay
-or lr multiplier: what models/towers/text.build_text_encoder gives); any
-other text tower (a CLIP / CLAP checkpoint's) encodes every batch, and the
-disk cache is skipped with a note. ``text_cfg`` is the model.text section in
+Only today's TextEncoder caches (a plain text model, frozen but for the last
+unfreeze_last_n layers, no layer decay or lr multiplier: what
+models/towers/text.build_text_encoder gives); any other text tower (a CLIP /
+CLAP checkpoint's) encodes every batch, and the disk cache is skipped with a
+note. ``text_cfg`` is the model.text section in
 today's keys or a checkpoint's older ones (models/radar/clip_model.text_section).
 """
 import os
@@ -42,14 +45,16 @@ def text_cache_path(folder, text_cfg, precision="fp32"):
     name = (t["pretrained"] or "minilm").strip("/").replace("/", "_")
     # features computed under bf16/fp16 autocast differ from fp32 ones in the last bits
     dtype = {"amp": "_fp16", "amp_bf16": "_bf16"}.get(precision, "")
+    # with the last n layers training, the file holds the frozen prefix's states
+    n = t.get("unfreeze_last_n", 0)
+    prefix = f"_prefix_last{n}" if n else ""
     return os.path.join(folder, "text_cache",
-                        f"{name}_len{t['max_length']}_{t['pooling_strategy']}{dtype}.pt")
+                        f"{name}_len{t['max_length']}_{t['pooling_strategy']}{prefix}{dtype}.pt")
 
 
 def text_cache_enabled(text_cfg):
     t = text_section(text_cfg)
-    return bool(t.get("disk_cache", False) and t.get("freeze", False) and not t["unfreeze_last_n"]
-                and t["cache_features"])
+    return bool(t.get("disk_cache", False) and t.get("freeze", False) and t["cache_features"])
 
 
 def all_captions(datasets):
@@ -71,7 +76,8 @@ def build_text_cache(folder, text_cfg, datasets, precision="fp32", batch_size=25
     if os.path.exists(path) or not text_cache_enabled(text_cfg):
         return
     t = text_section(text_cfg)
-    enc = build_text_encoder(dict(t, cache_max_mb=UNBOUNDED_MB)).eval()
+    # no head: it runs after what is stored (and would draw from the seeded generator)
+    enc = build_text_encoder(dict(t, cache_max_mb=UNBOUNDED_MB, head_layers=0)).eval()
     if not (isinstance(enc, TextEncoder) and enc.cache_features):
         print(f"text cache: model.text.disk_cache skipped: the text tower of "
               f"{t['pretrained']!r} is a {type(enc).__name__}, which encodes every batch")
@@ -84,7 +90,7 @@ def build_text_cache(folder, text_cfg, datasets, precision="fp32", batch_size=25
     try:
         for i in range(0, len(texts), batch_size):
             with autocast():
-                enc(texts[i:i + batch_size])  # fills the encoder's caption cache
+                enc.precompute(texts[i:i + batch_size])  # the backbone (or its frozen prefix) only
         print(f"text cache: {len(texts)} captions encoded once in {time.perf_counter() - t0:.0f} s "
               f"({precision}, {torch.get_num_threads()} threads) -> {path}")
     finally:

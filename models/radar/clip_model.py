@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from models.radar.encoder import RadarEncoder
+from models.text_head import TEXT_SIDE_DEFAULTS
 from models.towers import RadarTower, build_text_encoder, check_scratch_tower, tower_config
 
 # model.text keys of checkpoints saved before the tower sections (issue 11)
@@ -123,11 +124,14 @@ def text_section(text):
     """The model.text section in today's keys. A checkpoint's config from
     before issue 11 has model_name / freeze_backbone; on --resume it also has
     the new keys, but those came from the current defaults (the checkpoint
-    predates them), so the old keys win."""
+    predates them), so the old keys win. The text-side keys of issue 13
+    (head_layers, head_heads, head_dim, token_dropout) missing: off, as before."""
     t = dict(text or {})
     for old, new in LEGACY_TEXT_KEYS.items():
         if old in t:
             t[new] = t.pop(old)
+    for k, v in TEXT_SIDE_DEFAULTS.items():
+        t.setdefault(k, v)
     return t
 
 

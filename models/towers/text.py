@@ -3,6 +3,10 @@ or any transformers AutoModel; null = the bundled all-MiniLM-L6-v2. Output
 is models/text_encoder.py's TextOutput (projected pooled and token features,
 mask, the fast tokenizer's character offsets), so a family can swap it in.
 
+After the backbone, both run the same text side (models/text_head.py): the
+optional order-aware head over the token states (``head_layers``, ``head_heads``,
+``head_dim``) and token dropout in training (``token_dropout``); both off by default.
+
 ``encode_embeds`` runs the same body on embeddings made elsewhere (TimesCLIP's
 language branch: a linear patch tokenizer in place of the token embedding).
 """
@@ -11,6 +15,7 @@ from transformers import AutoTokenizer, CLIPTextModel
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 from models.text_encoder import TextEncoder, TextOutput
+from models.text_head import OrderHead, drop_tokens, pool_tokens, text_side_config
 from models.towers.loading import (TEXT_TYPES, load_tower, read_model_type, resolve_pretrained,
                                    tower_config)
 from models.towers.trainable import Tower
@@ -19,7 +24,8 @@ NOT_TEXT = ("vit", "clip_vision_model", "clap_audio_model", "audio-spectrogram-t
 
 
 class TextTower(Tower):
-    def __init__(self, settings, key="model.text", embed_dim=256, max_length=77, pooling=None):
+    def __init__(self, settings, key="model.text", embed_dim=256, max_length=77, pooling=None,
+                 side=None):
         settings = dict(settings or {})
         path = resolve_pretrained(settings.get("pretrained"), key + ".pretrained", bundled_text=True)
         model_type, archs = read_model_type(path)
@@ -48,6 +54,15 @@ class TextTower(Tower):
         self.max_length = min(max_length, limit)
         self.hidden_size = cfg.hidden_size
         self.proj = nn.Linear(self.hidden_size, embed_dim)
+        side = text_side_config(side, key)
+        if side["head_layers"] and pooling == "pooler":
+            raise ValueError(f"{key}.head_layers needs {key}.pooling_strategy cls, mean or max "
+                             f"(this checkpoint's default is its pooler, which reads the "
+                             "backbone's output, not the head's)")
+        # new layers: outside ``backbone``, so at lr multiplier 1 (Tower.lr_mults)
+        self.head = OrderHead(self.hidden_size, side["head_layers"], side["head_heads"],
+                              side["head_dim"], self.max_length, key) if side["head_layers"] else None
+        self.token_dropout = side["token_dropout"]
 
     def tokenize(self, captions):
         return self.tokenizer(list(captions), padding=True, truncation=True,
@@ -61,17 +76,15 @@ class TextTower(Tower):
         out = self.backbone(**inputs)
         hidden = out.last_hidden_state                                  # [B, L, H]
         mask = inputs["attention_mask"].bool()                           # [B, L]
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "pooler":
-            pooled = out.pooler_output
-        elif self.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling == "mean":
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-        else:
-            pooled = hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
+        offsets = tok["offset_mapping"].to(device)                      # [B, L, 2]
+        if self.training and self.token_dropout > 0:
+            mask = drop_tokens(mask, offsets, self.token_dropout)
+        if self.head is not None:
+            hidden = self.head(hidden, mask)
+        pooled = pool_tokens(hidden, mask, self.pooling,
+                             out.pooler_output if self.pooling == "pooler" else None)
         return TextOutput(features=self.proj(pooled), tokens=self.proj(hidden), mask=mask,
-                          offsets=tok["offset_mapping"].to(device), input_ids=inputs["input_ids"])
+                          offsets=offsets, input_ids=inputs["input_ids"])
 
     def encode_embeds(self, embeds, mask=None, causal=None):
         """The body over ``embeds`` [B, L, H] (positions added here, as for
@@ -95,16 +108,19 @@ def build_text_encoder(section, key="model.text", embed_dim=256):
     (null = the bundled MiniLM, or any AutoModel folder) with no layer decay and
     no lr multiplier stay on TextEncoder, whose frozen-caption cache and numbers
     are today's; a CLIP / CLAP checkpoint or layer_decay / lr_mult gives a
-    TextTower. Family keys: max_length, pooling_strategy, and for TextEncoder
-    cache_features, cache_max_mb."""
+    TextTower. Family keys: max_length, pooling_strategy, the text side's
+    head_layers, head_heads, head_dim, token_dropout (both towers; absent:
+    off), and for TextEncoder cache_features, cache_max_mb."""
     section = dict(section or {})
     t = tower_config(section, key)
+    side = text_side_config(section, key)
     path = resolve_pretrained(t["pretrained"], key + ".pretrained", bundled_text=True)
     plain = read_model_type(path)[0] not in TEXT_TYPES
     if plain and t["layer_decay"] == 1.0 and t["lr_mult"] == 1.0:
         extra = {k: section[k] for k in ("max_length", "pooling_strategy", "cache_features",
                                          "cache_max_mb") if k in section}
         return TextEncoder(model_name=t["pretrained"], embed_dim=embed_dim,
-                           freeze_backbone=t["freeze"], unfreeze_last_n=t["unfreeze_last_n"], **extra)
+                           freeze_backbone=t["freeze"], unfreeze_last_n=t["unfreeze_last_n"],
+                           **extra, **side)
     return TextTower(t, key, embed_dim, section.get("max_length", 77),
-                     section.get("pooling_strategy"))
+                     section.get("pooling_strategy"), side)
