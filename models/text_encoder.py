@@ -219,7 +219,8 @@ class TextEncoder(nn.Module):
                                       None if pooled is None else pooled[j].float())
         L = tok["input_ids"].shape[1]
         hidden = torch.zeros(len(captions), L, self.hidden_size, device=device)
-        pooled = [] if self.pooling_strategy == "pooler" else None
+        # the pooler's output is cached with the last states (a prefix has none)
+        pooled = [] if self.pooling_strategy == "pooler" and self.prefix_layers is None else None
         for i, c in enumerate(captions):
             if c in fresh:
                 h, p = fresh[c]

@@ -105,6 +105,14 @@ def load_text_cache(text_encoder, folder, text_cfg, precision="fp32"):
     if not (isinstance(text_encoder, TextEncoder) and text_encoder.cache_features
             and text_cache_enabled(text_cfg) and os.path.exists(path)):
         return
+    n = text_section(text_cfg).get("unfreeze_last_n", 0)
+    if text_encoder.prefix_layers is not None:
+        n_model = len(text_encoder.backbone.encoder.layer) - text_encoder.prefix_layers
+    else:
+        n_model = 0
+    if n != n_model:   # the file's states enter another layer than the model's first trainable one
+        raise ValueError(f"{path}: holds the states for model.text.unfreeze_last_n={n}, but the "
+                         f"text encoder runs its last {n_model} layers on what it caches")
     state = torch.load(path, map_location="cpu")
     text_encoder.load_cache(state)
     kept = text_encoder.cache_info()["captions"]

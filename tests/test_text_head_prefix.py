@@ -1,0 +1,121 @@
+"""unfreeze_last_n on a cached frozen prefix (issue 13): the cache holds the
+states entering layer L - n, each step runs only the last n layers; the
+outputs and gradients are the full backbone's, only the last n layers (and
+the pooler when it is read) get gradients, and the radar disk cache stores
+the prefix states in a file of its own."""
+import pytest
+import torch
+
+from families.radar.text_cache import build_text_cache, load_text_cache, text_cache_enabled, text_cache_path
+from models.text_encoder import TextEncoder
+from tests.test_text_head import CAPS, save_tiny_bert
+
+LAYERS = 3
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert3"), layers=LAYERS)
+
+
+def _pair(bert, n, pooling, **kw):
+    """(prefix-cached, uncached) encoders with the same weights."""
+    out = []
+    for cache in (True, False):
+        torch.manual_seed(0)
+        out.append(TextEncoder(bert, embed_dim=8, max_length=16, pooling_strategy=pooling,
+                               freeze_backbone=True, unfreeze_last_n=n, cache_features=cache, **kw))
+    return out
+
+
+def _grads(enc):
+    return {n: p.grad for n, p in enc.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("n", [1, 2, LAYERS])
+@pytest.mark.parametrize("pooling", ["mean", "pooler"])
+def test_prefix_cache_equals_the_full_backbone(bert, n, pooling):
+    cached, full = _pair(bert, n, pooling)
+    assert cached.prefix_layers == LAYERS - n and full.prefix_layers is None
+    cached.eval(), full.eval()
+    for step in range(2):   # the second call runs from the cache
+        a, b = cached(CAPS), full(CAPS)
+        assert torch.allclose(a.features, b.features, atol=1e-6), step
+        assert torch.allclose(a.tokens[a.mask], b.tokens[b.mask], atol=1e-6), step
+    assert len(cached._cache) == len(CAPS)
+    # what is cached is the input of layer L - n of the backbone's own forward
+    tok = cached.tokenize(CAPS[:1])
+    own = cached.backbone(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                          output_hidden_states=True).hidden_states[LAYERS - n][0]
+    assert torch.allclose(cached._cache[CAPS[0]][0], own, atol=1e-6)
+    (a.features.square().sum() + a.tokens[a.mask].sum()).backward()
+    (b.features.square().sum() + b.tokens[b.mask].sum()).backward()
+    ga, gb = _grads(cached), _grads(full)
+    assert ga.keys() == gb.keys()
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], atol=1e-5), k
+    # gradients reach the last n layers (and the pooler it reads) only
+    trained = {k.split(".")[3] for k in ga if k.startswith("backbone.encoder.layer.")}
+    assert trained == {str(i) for i in range(LAYERS - n, LAYERS)}
+    assert any(k.startswith("backbone.pooler.") for k in ga) == (pooling == "pooler")
+    assert not any(k.startswith("backbone.embeddings.") for k in ga) and "proj.weight" in ga
+
+
+def test_the_frozen_prefix_stays_in_eval_mode_the_last_layers_train(bert):
+    cached, _ = _pair(bert, 1, "mean", head_layers=1, head_heads=2)
+    cached.train()
+    layers = cached.backbone.encoder.layer
+    assert not cached.backbone.embeddings.training and not any(m.training for m in layers[:-1])
+    assert layers[-1].training and cached.head.training
+    # in training the last layer's dropout runs on the cached states: two calls differ
+    a, b = cached(CAPS).features, cached(CAPS).features
+    assert not torch.equal(a, b)
+    cached.eval()
+    assert torch.equal(cached(CAPS).features, cached(CAPS).features)
+
+
+def test_disk_cache_stores_the_prefix_states_under_its_own_name(tmp_path, bert):
+    class Split:   # what all_captions reads of a TemporalNegatives split
+        base = type("B", (), {"items": [{"captions": CAPS[:2]}], "action_prompts": {"run": "run"}})()
+
+        def swapped(self, i):
+            return ["a person jumps then walks forward"]
+
+    t = {"pretrained": bert, "max_length": 16, "pooling_strategy": "mean", "freeze": True,
+         "unfreeze_last_n": 1, "cache_features": True, "disk_cache": True, "cache_max_mb": 512}
+    assert text_cache_enabled(t)
+    path = text_cache_path(str(tmp_path), t)
+    assert path.endswith("_len16_mean_prefix_last1.pt")
+    assert text_cache_path(str(tmp_path), dict(t, unfreeze_last_n=0)).endswith("_len16_mean.pt")
+    assert text_cache_path(str(tmp_path), dict(t, unfreeze_last_n=2)) != path
+    build_text_cache(str(tmp_path), dict(t, head_layers=1, head_heads=2), {"train": Split()})
+    stored = torch.load(path)
+    assert set(stored) == set(CAPS) | {"a person jumps then walks forward"}
+    cached, full = _pair(bert, 1, "mean")
+    load_text_cache(cached, str(tmp_path), t)
+    assert set(cached._cache) == set(stored)
+    cached.eval(), full.eval()
+    calls = []
+    cached.backbone.register_forward_hook(lambda *a: calls.append(1))
+    a, b = cached(CAPS[:2]), full(CAPS[:2])
+    assert calls == []                                        # only the last layer ran
+    assert torch.allclose(a.features, b.features, atol=2e-3)  # stored as fp16
+    # a file for another n is refused by name, not read as the wrong layer's states
+    zero = TextEncoder(bert, embed_dim=8, max_length=16, freeze_backbone=True, unfreeze_last_n=2)
+    with pytest.raises(ValueError, match="unfreeze_last_n=1.*last 2 layers"):
+        load_text_cache(zero, str(tmp_path), t)
+
+
+def test_grad_checkpointing_on_the_last_layers_gives_the_same_gradients(bert):
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        enc = TextEncoder(bert, embed_dim=8, max_length=16, freeze_backbone=True, unfreeze_last_n=2,
+                          grad_checkpointing=ckpt).train()
+        assert enc.backbone.encoder.layer[-1].gradient_checkpointing == ckpt
+        torch.manual_seed(1)   # the same dropout masks (checkpointing replays the RNG state)
+        enc(CAPS).features.square().sum().backward()
+        grads.append(_grads(enc))
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
