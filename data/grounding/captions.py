@@ -32,7 +32,7 @@ COLOUR_WORDS = {"red": ("red", "crimson", "scarlet"), "green": ("green", "emeral
 # circles: "ring" only when hollow, "disc"/"dot" only when filled in
 SHAPE_WORDS = {"circle": ("circle", "round shape"), "square": ("square", "box", "block"),
                "triangle": ("triangle", "triangular shape"), "diamond": ("diamond", "rhombus"),
-               "cross": ("cross", "plus sign"), "star": ("star", "five-pointed star")}
+               "cross": ("cross", "cross shape"), "star": ("star", "five-pointed star")}
 HOLLOW_CIRCLE_WORDS = ("ring",)
 FILLED_CIRCLE_WORDS = ("disc", "dot")
 NO_SHAPE_WORDS = ("one", "shape", "object")   # the noun when the shape is left out
@@ -65,6 +65,10 @@ FRAMES = {
     "compound": ("{a A} {R} {a B} , and {a C} {P3}", "{a A} {P} and {a B} {P2}"),
 }
 ENDINGS = (" .", "")
+# recorded in the data marker (families/grounding GEN_FORMAT), so that data written by an
+# earlier version of this grammar are rebuilt. 2: "plus sign" became "cross shape", leaving
+# "plus" to the held-out grammar's "plus symbol"
+VERSION = 2
 SLOT = re.compile(r"\{(?:(a|the) )?([A-Z]\d?)\}")
 
 

@@ -10,6 +10,7 @@ import os
 from data.cache import UserDataError, check_user_folder, ensure_generated, resolve_root
 from data.layout import Layout, detect_layout, exists
 from data.grounding.dataset import GroundingDataset, collate  # noqa: F401  (contract)
+from data.grounding.captions import VERSION as CAPTIONS_VERSION
 from data.grounding.files import ZIP
 from data.grounding.generate import SCENE_OBJECTS, generate
 from families.grounding.evaluation import evaluate  # noqa: F401  (contract)
@@ -21,8 +22,9 @@ GEN_KEYS = ("num_train", "num_val", "num_test", "gen_image_size", "captions_per_
             "captions")
 # the on-disk format the generator writes, in the marker too: data generated before the
 # XML boxes became 1-based (as the real files) are rebuilt, not misread by one pixel, and
-# data without the scene objects (before issue 13) are rebuilt with them
-GEN_FORMAT = {"xml_boxes": "1-based", "scene_objects": SCENE_OBJECTS}
+# data without the scene objects (before issue 13) are rebuilt with them, as are captions of
+# an earlier version of the diverse grammar
+GEN_FORMAT = {"xml_boxes": "1-based", "scene_objects": SCENE_OBJECTS, "diverse_grammar": CAPTIONS_VERSION}
 # a checkpoint's config from before a generator key existed: the behaviour of before the key
 GEN_BEFORE = {"captions": "template"}
 
