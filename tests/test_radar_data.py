@@ -235,8 +235,13 @@ def test_generation_is_deterministic_and_cached_by_every_parameter(generated, tm
     assert stamp() == before
     # The marker holds every generator parameter, so changing any of them rebuilds.
     params = read_marker(root)["params"]
-    assert set(params) == set(GENERATOR_DEFAULTS) | {"num_train", "num_val", "num_test", "seed",
-                                                     "format_version"}
+    # (captions="template", the default, is left out: the marker of data from before the key existed)
+    assert set(params) == set(GENERATOR_DEFAULTS) - {"captions"} | {"num_train", "num_val", "num_test",
+                                                                    "seed", "format_version"}
+    text = open(os.path.join(root, "texts", "000003.txt")).read()
+    ensure_radar_dataset(root, 6, 3, 4, seed=3, captions="diverse")      # other captions, same clips
+    assert read_marker(root)["params"]["captions"] == "diverse" and open(clip, "rb").read() == data
+    assert open(os.path.join(root, "texts", "000003.txt")).read() != text
     ensure_radar_dataset(root, 6, 3, 4, seed=3, noise_looks=8)           # other noise: other maps
     assert open(clip, "rb").read() != data and read_marker(root)["params"]["noise_looks"] == 8
     ensure_radar_dataset(root, 2, 1, 1, seed=4)                            # other sizes: new data

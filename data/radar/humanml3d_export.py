@@ -32,7 +32,8 @@ from data.radar.fmcw import RadarConfig
 from data.radar.motion import JOINTS
 from data.radar.sim import generator_params, simulate_clip
 from data.radar.smpl import kinect_to_humanml3d
-from data.radar.text import ACTION_PROMPTS, clean_caption, humanml3d_lines, make_captions
+from data.radar.captions import clip_captions
+from data.radar.text import ACTION_PROMPTS, clean_caption, humanml3d_lines
 
 HUMANML3D_FPS = 20.0
 
@@ -48,7 +49,7 @@ def sim_motion(index, p):
     # the draws of data/radar/sim.py's _make_clip_inner, in its order
     rng = np.random.default_rng([p["seed"], index])
     _, actions, joints = simulate_clip(rng, p, RadarConfig(frame_rate=p["frame_rate"]))
-    captions, swapped = make_captions(actions, rng, num=p["num_captions"], max_words=p["max_words"])
+    captions, swapped = clip_captions(actions, p, index, rng)
     return kinect_to_humanml3d(joints, JOINTS), actions, captions, swapped
 
 

@@ -16,6 +16,9 @@ workers=1, **params)`` writes, under ``root``::
                        captions: caption k with the actions in another
                        order; [] for one-action clips),
                        "num_frames": T}
+                       captions from params["captions"]: template (the
+                       simulator's stream, right after the clip) or diverse
+                       (a stream of their own: the clip is the same bytes)
     _split/{train,val,test}.json
                        {id: {"filefolder": ".", "fileindex": id,
                        "captions": [...]}}; filefolder is the folder, relative
@@ -56,7 +59,8 @@ from data.cache import ensure_generated
 from data.radar.actions import ACTION_NAMES, sample_clip
 from data.radar.fmcw import RadarConfig, radar_maps
 from data.radar.motion import BONES, J, forward_kinematics, sample_body
-from data.radar.text import ACTION_PROMPTS, clean_caption, humanml3d_lines, make_captions
+from data.radar.captions import GENERATORS, clip_captions
+from data.radar.text import ACTION_PROMPTS, clean_caption, humanml3d_lines
 
 FORMAT_VERSION = 3   # bump when the simulation changes: it is part of the cache key
 GENERATOR_DEFAULTS = {
@@ -70,6 +74,7 @@ GENERATOR_DEFAULTS = {
     "noise_looks": 16,
     "gain": 1000.0,             # ADC-like amplitude units
     "num_captions": 4,
+    "captions": "template",     # data.captions: template (data/radar/text.py) | diverse (data/radar/captions.py)
     "max_words": 20,            # = seed 001's max_text_len
     "frame_rate": 20.0,
 }
@@ -177,7 +182,7 @@ def _make_clip_inner(root, index, seed, params):
     rng = np.random.default_rng([seed, index])
     cfg = RadarConfig(frame_rate=params["frame_rate"])
     maps, actions, joints = simulate_clip(rng, params, cfg)
-    captions, swapped = make_captions(actions, rng, num=params["num_captions"], max_words=params["max_words"])
+    captions, swapped = clip_captions(actions, params, index, rng)
     with open(os.path.join(root, "mmwave", f"{cid}.npz"), "wb") as f:
         np.savez(f, joints=joints, **maps)
     with open(os.path.join(root, "texts", f"{cid}.txt"), "w") as f:
@@ -199,6 +204,11 @@ def generator_params(num_train, num_val, num_test, seed=0, **params):
         raise ValueError(f"generate_radar_dataset: unknown parameters {sorted(unknown)}; "
                          f"expected some of {sorted(GENERATOR_DEFAULTS)}")
     resolved = {**GENERATOR_DEFAULTS, **params}
+    if resolved["captions"] not in GENERATORS:
+        raise ValueError(f"generate_radar_dataset: captions={resolved['captions']!r}; expected one of "
+                         f"{list(GENERATORS)} (data.captions)")
+    if resolved["captions"] == "template":
+        del resolved["captions"]  # the marker of data from before data.captions existed: same folder
     resolved["clutter_points"] = list(resolved["clutter_points"])
     resolved.update(num_train=int(num_train), num_val=int(num_val), num_test=int(num_test), seed=int(seed),
                     format_version=FORMAT_VERSION)

@@ -59,20 +59,25 @@ PHRASES = {
 }
 
 
+# Fill words (module level so tests can enumerate every caption; the draws are as before).
+DIRECTIONS = {
+    "towards": ["towards the radar", "toward the sensor", "closer to the radar"],
+    "away": ["away from the radar", "away from the sensor"],
+    "left": ["to the left", "sideways to the left", "leftwards"],
+    "right": ["to the right", "sideways to the right", "rightwards"],
+}
+SLOW, FAST = ["slowly ", "leisurely "], ["quickly ", "briskly "]
+
+
 def _direction(d, rng):
-    return str(rng.choice({
-        "towards": ["towards the radar", "toward the sensor", "closer to the radar"],
-        "away": ["away from the radar", "away from the sensor"],
-        "left": ["to the left", "sideways to the left", "leftwards"],
-        "right": ["to the right", "sideways to the right", "rightwards"],
-    }[d]))
+    return str(rng.choice(DIRECTIONS[d]))
 
 
 def _speed(v, rng):
     if v < 0.9:
-        return str(rng.choice(["slowly ", "leisurely "]))
+        return str(rng.choice(SLOW))
     if v > 1.4:
-        return str(rng.choice(["quickly ", "briskly "]))
+        return str(rng.choice(FAST))
     return ""
 
 

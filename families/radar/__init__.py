@@ -83,8 +83,12 @@ def prepare_data(cfg):
         _log_once(f"radar data: {root}: radar clips simulated from the HumanML3D folder "
                   f"{resolve_root(d['humanml3d'])} (project layout)")
     elif d["generate"]:
+        # data.captions / num_captions missing (a config from before issue 13): the data of then
+        sim = {**(d.get("sim") or {}), "captions": d.get("captions") or "template"}
+        if d.get("num_captions") is not None:
+            sim["num_captions"] = int(d["num_captions"])
         ensure_radar_dataset(root, d["num_train"], d["num_val"], d["num_test"], seed=d["seed"],
-                             workers=int(d["gen_workers"] or 1), **(d.get("sim") or {}))
+                             workers=int(d["gen_workers"] or 1), **sim)
     else:
         check_user_folder(root, "radar data")
         lay = find_layout(root, d["format"])

@@ -7,6 +7,10 @@
   higher against the clip;
 - zero-shot action recognition: each single-action clip against the text
   prompts of every action (data_info.json), argmax;
+- all three again, keys prefixed ``heldout_``, on the held-out phrasing
+  (data/radar/heldout.py: captions and order-swapped captions made from
+  each clip's meta actions and id, zero-shot prompts in words no training
+  grammar uses); data without meta actions gets none (said once);
 - figures (families/radar/figures.py): example radar maps, the similarity
   matrix, radar-time x text-token alignment heatmaps.
 
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 
 from data.radar.dataset import collate_radar
+from data.radar.heldout import HELDOUT_ACTION_PROMPTS, heldout_captions
 from data.radar.temporal import swapped_for
 from families.radar.figures import write_figures
 from training.evaluation import encode_split, eval_mode, retrieval_scores
@@ -69,9 +74,13 @@ def paired_scores(criterion, radar, idx, text):
 def temporal_order_pairs(dataset, info):
     """(clip index, caption, swapped caption) for every caption of every
     multi-action clip (the swapped list is index-aligned with the captions)."""
+    return order_pairs(info["captions"],
+                       [dataset.swapped(i) if hasattr(dataset, "swapped") else [] for i in range(len(dataset))])
+
+
+def order_pairs(captions, swapped_lists):
     pairs = []
-    for i, caps in enumerate(info["captions"]):
-        swapped = dataset.swapped(i) if hasattr(dataset, "swapped") else []
+    for i, (caps, swapped) in enumerate(zip(captions, swapped_lists)):
         for c in caps:
             s = swapped_for(c, caps, swapped, np.random.default_rng(i))
             if s is not None and s != c:
@@ -79,58 +88,105 @@ def temporal_order_pairs(dataset, info):
     return pairs
 
 
-def zeroshot_prompts(dataset):
-    """(action names, one prompt per action) from the dataset's data_info.json,
-    or None for data without action labels (real mmExpert data)."""
+def zeroshot_prompts(dataset, table=None):
+    """(action names, one prompt per action) from the dataset's data_info.json
+    (or from ``table``, {name: prompt}), or None for data without action
+    labels (real mmExpert data)."""
     base = getattr(dataset, "base", dataset)
-    names, prompts = list(base.action_names), dict(base.action_prompts)
+    names = list(base.action_names)
+    prompts = dict(base.action_prompts) if table is None else table
     if not names:
         return None
     missing = [n for n in names if n not in prompts]
     if missing:
-        raise ValueError(f"{os.path.join(base.root, 'data_info.json')}: 'action_prompts' lacks "
-                         f"{missing}; expected one text prompt per action name")
+        where = os.path.join(base.root, "data_info.json") if table is None else "data/radar/heldout.py"
+        raise ValueError(f"{where}: 'action_prompts' lacks {missing}; expected one text prompt per action name")
     return names, [prompts[n] for n in names]
+
+
+def heldout_set(dataset, info):
+    """The held-out phrasing of the split (data/radar/heldout.py): (captions per
+    clip, swapped per clip), made from each clip's meta actions and id; None
+    when no clip has meta actions (real data: no heldout_ metrics)."""
+    base = getattr(dataset, "base", dataset)
+    caps, swapped, any_actions = [], [], False
+    for i, cid in enumerate(info["clip_id"]):
+        actions = base.clip_meta(i).get("actions") or []
+        c, s = heldout_captions(actions, cid) if actions else ([], [])
+        any_actions = any_actions or bool(actions)
+        caps.append(c)
+        swapped.append(s)
+    return (caps, swapped) if any_actions else None
+
+
+def text_side_metrics(model, criterion, radar, info, captions, pairs, prompts, cfg, device):
+    """Every metric that reads the captions: retrieval of ``captions`` (per clip,
+    lists; clips without any are gallery distractors), temporal order over
+    ``pairs`` and zero-shot actions from ``prompts`` ((names, texts) or None).
+    Returns (metrics, [Nt, Ni] scores, the pairs' encoded texts or None)."""
+    texts, text_to_item = [], []
+    for i, caps in enumerate(captions):
+        texts += caps
+        text_to_item += [i] * len(caps)
+    scores = score_matrix(criterion, radar, encode_texts(model, texts, cfg, device))  # [Nt, Ni]
+    metrics = retrieval_scores(scores, text_to_item, "r")
+    metrics["t2r_chance_R@10"] = min(1.0, 10 / len(captions))
+
+    # temporal order: true caption vs its order-swapped version, same clip
+    metrics["temporal_order_pairs"] = len(pairs)
+    pair_text = None
+    if pairs:
+        idx = torch.tensor([p[0] for p in pairs], device=device)
+        pair_text = (encode_texts(model, [p[1] for p in pairs], cfg, device),
+                     encode_texts(model, [p[2] for p in pairs], cfg, device))
+        pos, pos_g = paired_scores(criterion, radar, idx, pair_text[0])
+        neg, neg_g = paired_scores(criterion, radar, idx, pair_text[1])
+        metrics["temporal_order_acc"] = (pos > neg).float().mean().item()
+        metrics["temporal_order_acc_global"] = (pos_g > neg_g).float().mean().item()
+
+    # zero-shot action recognition on single-action clips
+    if prompts is not None:
+        names, phrases = prompts
+        per_action = score_matrix(criterion, radar, encode_texts(model, phrases, cfg, device))
+        single = torch.tensor(info["num_actions"], device=device) == 1
+        labels = torch.tensor(info["label"], device=device)
+        pred = per_action.argmax(0)
+        if bool(single.any()):
+            metrics["zeroshot_action_acc"] = (pred == labels)[single].float().mean().item()
+            metrics["zeroshot_clips"] = int(single.sum())
+            metrics["zeroshot_chance"] = 1.0 / len(names)
+    return metrics, scores, pair_text
 
 
 def evaluate_radar(model, criterion, dataset, cfg, device, out_dir=None, writer=None, step=0):
     with eval_mode(model), eval_mode(criterion):
         radar, info = encode_clips(model, dataset, cfg, device)
-        texts, text_to_item = [], []
-        for i, caps in enumerate(info["captions"]):
-            texts += caps
-            text_to_item += [i] * len(caps)
-        scores = score_matrix(criterion, radar, encode_texts(model, texts, cfg, device))  # [Nt, Ni]
-        metrics = retrieval_scores(scores, text_to_item, "r")
-        metrics["t2r_chance_R@10"] = min(1.0, 10 / len(info["captions"]))
-
-        # temporal order: true caption vs its order-swapped version, same clip
         pairs = temporal_order_pairs(dataset, info)
-        metrics["temporal_order_pairs"] = len(pairs)
-        pair_text = None
-        if pairs:
-            idx = torch.tensor([p[0] for p in pairs], device=device)
-            pair_text = (encode_texts(model, [p[1] for p in pairs], cfg, device),
-                         encode_texts(model, [p[2] for p in pairs], cfg, device))
-            pos, pos_g = paired_scores(criterion, radar, idx, pair_text[0])
-            neg, neg_g = paired_scores(criterion, radar, idx, pair_text[1])
-            metrics["temporal_order_acc"] = (pos > neg).float().mean().item()
-            metrics["temporal_order_acc_global"] = (pos_g > neg_g).float().mean().item()
-
-        # zero-shot action recognition on single-action clips
-        prompts = zeroshot_prompts(dataset)
-        if prompts is not None:
-            names, phrases = prompts
-            per_action = score_matrix(criterion, radar, encode_texts(model, phrases, cfg, device))
-            single = torch.tensor(info["num_actions"], device=device) == 1
-            labels = torch.tensor(info["label"], device=device)
-            pred = per_action.argmax(0)
-            if bool(single.any()):
-                metrics["zeroshot_action_acc"] = (pred == labels)[single].float().mean().item()
-                metrics["zeroshot_clips"] = int(single.sum())
-                metrics["zeroshot_chance"] = 1.0 / len(names)
+        metrics, scores, pair_text = text_side_metrics(model, criterion, radar, info, info["captions"], pairs,
+                                                       zeroshot_prompts(dataset), cfg, device)
+        # the same on the held-out phrasing (captions no training grammar writes)
+        held = heldout_set(dataset, info)
+        if held is None:
+            _log_once(f"radar eval: {getattr(getattr(dataset, 'base', dataset), 'root', '?')}: no clip has meta "
+                      "actions (real data), so no heldout_ metrics")
+        else:
+            h_caps, h_swapped = held
+            prompts = zeroshot_prompts(dataset, HELDOUT_ACTION_PROMPTS) if set(
+                getattr(dataset, "base", dataset).action_names) <= set(HELDOUT_ACTION_PROMPTS) else None
+            h, _, _ = text_side_metrics(model, criterion, radar, info, h_caps, order_pairs(h_caps, h_swapped),
+                                        prompts, cfg, device)
+            metrics.update({f"heldout_{k}": v for k, v in h.items()})
 
         if out_dir is not None or writer is not None:
             write_figures(model, criterion, dataset, radar, info, scores, pairs, pair_text,
                           out_dir, writer, step)
     return metrics
+
+
+_told = set()
+
+
+def _log_once(msg):
+    if msg not in _told:
+        _told.add(msg)
+        print(msg)
