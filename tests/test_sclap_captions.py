@@ -2,6 +2,7 @@
 the byte (checked against the old generate.py run from git), the audio is the
 same under `diverse`, and diverse neg_t / neg_s captions describe the swapped
 time order / the changed directions in every frame, reversed-surface ones too."""
+import copy
 import csv
 import hashlib
 import importlib.util
@@ -12,10 +13,11 @@ import subprocess
 import numpy as np
 import pytest
 
+import families.sclap as fam
 from data.sclap import captions as C
 from data.sclap.generate import MANIFEST, generate, make_item
 from data.sclap.manifest import read_split
-from training.config import REPO_ROOT
+from training.config import REPO_ROOT, load_config
 
 OLD_COMMIT = "3fd75df"   # the last commit before issue 13
 GEN = dict(num_train=2, num_val=1, num_test=2, num_zeroshot=2, gen_seed=3, sample_rate=8000,
@@ -25,14 +27,7 @@ GEN = dict(num_train=2, num_val=1, num_test=2, num_zeroshot=2, gen_seed=3, sampl
 @pytest.fixture(scope="module")
 def old_generate(tmp_path_factory):
     """data/sclap/generate.py as it was at OLD_COMMIT, imported from a file."""
-    src = subprocess.run(["git", "show", f"{OLD_COMMIT}:data/sclap/generate.py"], cwd=REPO_ROOT,
-                         capture_output=True, text=True, check=True).stdout
-    path = tmp_path_factory.mktemp("old") / "old_generate.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("old_sclap_generate", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _old_module("old_sclap_generate", "data/sclap/generate.py", tmp_path_factory.mktemp("old"))
 
 
 def _digests(root):
@@ -113,7 +108,8 @@ def test_negatives_swap_time_order_and_directions_in_every_frame(frame, monkeypa
     for seed in range(6):
         caps = C.triplet_captions(np.random.default_rng(seed), names, sectors)
         for k in range(C.CAPTIONS_PER_ITEM):
-            pos, neg_t, neg_s = (parse_caption(caps[v][0][k], frame, names) for v in ("pos", "neg_t", "neg_s"))
+            pos, neg_t, neg_s = (parse_caption(caps[v][0][k], frame, names)
+                                 for v in ("pos", "neg_t", "neg_s"))
             assert pos == (("dog", 2), ("bell", 4))
             assert neg_t == (("bell", 4), ("dog", 2))     # the time order swapped, directions kept
             assert neg_s == (("dog", 7), ("bell", 1))
@@ -132,3 +128,28 @@ def test_inventory_is_rich():
     for name, s in C.SOUNDS.items():
         assert len(s["nouns"]) >= 3 and len(s["verbs"]) >= 4 and len(s["nominals"]) >= 3, name
     assert len(C.SINGLE_FRAMES) >= 5
+
+
+def _old_module(name, path, tmp_path):
+    src = subprocess.run(["git", "show", f"{OLD_COMMIT}:{path}"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    (tmp_path / f"{name}.py").write_text(src)
+    spec = importlib.util.spec_from_file_location(name, tmp_path / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_config_from_before_the_key_keeps_its_data(tmp_path):
+    """A checkpoint's config without data.captions (written at OLD_COMMIT) is
+    template: the same generator params, so the same data folder and marker."""
+    old = _old_module("old_sclap_family", "families/sclap/__init__.py", tmp_path)
+    cfg = load_config(["--family", "sclap"])
+    before = copy.deepcopy(cfg)
+    del before["data"]["captions"]
+    template = copy.deepcopy(cfg)
+    template["data"]["captions"] = "template"
+    assert fam.gen_params(before) == fam.gen_params(template) == old.gen_params(before)
+    assert fam.data_dir(before) == fam.data_dir(template) == old.data_dir(before)
+    assert fam.data_dir(cfg) != fam.data_dir(template)                       # diverse: its own data
+    assert fam.gen_params(cfg)["captions"] == "diverse"

@@ -85,7 +85,8 @@ def _rows(classes, sectors):
     """Manifest-like rows of one item: event1 plays first."""
     def row(c, s):
         return dict(item_id="test_00007", event1_class=c[0], event2_class=c[1],
-                    event1_azimuth=SECTOR_CENTRES_DEG[s[0]] + 10.0, event2_azimuth=SECTOR_CENTRES_DEG[s[1]] - 10.0)
+                    event1_azimuth=SECTOR_CENTRES_DEG[s[0]] + 10.0,
+                    event2_azimuth=(SECTOR_CENTRES_DEG[s[1]] - 10.0) % 360)
     (a, b), (sa, sb), (sa2, sb2) = classes, sectors["pos"], sectors["neg_s"]
     return {"pos": row((a, b), (sa, sb)), "neg_t": row((b, a), (sb, sa)), "neg_s": row((a, b), (sa2, sb2))}
 
