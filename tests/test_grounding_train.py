@@ -117,3 +117,20 @@ def test_eval_py_on_a_tiny_checkpoint_writes_hand_checked_metrics(tiny_run, tmp_
         assert k in metrics, k
     for name in ("similarity_matrix.png", "entity_heatmaps.png"):
         assert os.path.getsize(out / name) > 1000
+    assert not [k for k in metrics if k.startswith("heldout_")]   # a user's data has no scene objects
+
+
+def test_eval_py_on_a_checkpoint_from_before_data_captions(tiny_run, tmp_path):
+    """A checkpoint whose config has no data.captions (written before issue 13) evaluates on
+    template captions, with the held-out keys."""
+    ckpt = load_checkpoint(os.path.join(tiny_run, "checkpoints", "latest.pt"))
+    del ckpt["config"]["data"]["captions"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    eval_py.main(["--checkpoint", str(tmp_path / "old.pt"), "--out", str(tmp_path / "eval"), "--device", "cpu",
+                  "--data.root", str(tmp_path / "data")])
+    with open(tmp_path / "eval" / "metrics.json") as f:
+        metrics = json.load(f)
+    with open(tmp_path / "data" / MARKER) as f:
+        assert json.load(f)["params"]["captions"] == "template"
+    assert metrics["heldout_num_captions"] == 3 * metrics["gallery_size"]
+    assert "heldout_t2i_R@10" in metrics and "heldout_entity_object_acc" in metrics

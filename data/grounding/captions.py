@@ -1,7 +1,7 @@
 """The `diverse` training grammar of the grounding captions (issue 13).
 
 Captions in the register of Flickr30k Entities ("a big crimson star sits
-above a small blue disc", "there is a striped box to the left of the yellow
+above a small blue disc", "there is a striped box to the left of a yellow
 diamond"): many sentence frames (lists, relations, passives, fronted
 relations and positions, two-clause sentences), synonyms for every colour,
 shape, size, texture, relation, position and background, and descriptions

@@ -4,6 +4,11 @@ Entity spans <-> object boxes on scenes in the Flickr30k Entities format
 (generated, or the real dataset via data.generate false and data.root).
 A user's folder is only read: with data.generate false nothing is written
 into data.root (grounding derives no cache from the data).
+
+data.captions picks the generator's caption grammar (diverse | template, the
+same images under both); a config without the key (a checkpoint of before
+issue 13) means template. Generated folders also hold the scenes' objects,
+from which evaluation writes the held-out captions (heldout_ metrics).
 """
 import os
 
