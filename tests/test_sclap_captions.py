@@ -90,13 +90,18 @@ def parse_event(text, names):
     return out
 
 
-def parse_caption(caption, frame, names):
-    """((class, sector) of the event the frame puts first in TIME, of the
-    second), read back through the frame's definition."""
+def slot_texts(caption, frame):
+    """The texts of the events first and second in TIME, read back through the frame."""
     m = frame_regex(frame).fullmatch(caption[0].lower() + caption[1:-1])
     assert m, (frame, caption)
     slots = m.groupdict()
-    first, second = [parse_event(slots[k] if k in slots else slots[k.lower()], names) for k in "AB"]
+    return [slots[k] if k in slots else slots[k.lower()] for k in "AB"]
+
+
+def parse_caption(caption, frame, names):
+    """((class, sector) of the event the frame puts first in TIME, of the
+    second), read back through the frame's definition."""
+    first, second = [parse_event(text, names) for text in slot_texts(caption, frame)]
     assert len(first) == 1 and len(second) == 1, (caption, first, second)
     return first.pop(), second.pop()
 
@@ -113,6 +118,9 @@ def test_negatives_swap_time_order_and_directions_in_every_frame(frame, monkeypa
             assert pos == (("dog", 2), ("bell", 4))
             assert neg_t == (("bell", 4), ("dog", 2))     # the time order swapped, directions kept
             assert neg_s == (("dog", 7), ("bell", 1))
+            # neg_t holds pos's two phrases, swapped; the plain captions likewise
+            assert slot_texts(caps["neg_t"][0][k], frame) == slot_texts(caps["pos"][0][k], frame)[::-1]
+            assert slot_texts(caps["neg_t"][1][k], frame) == slot_texts(caps["pos"][1][k], frame)[::-1]
             # a reversed-surface frame names the later event first, in neg_t too
             first_named = min(("dog", "bell"), key=lambda n: min(
                 caps["neg_t"][0][k].lower().find(w) for w in C.clauses(n) + C.SOUNDS[n]["nominals"]

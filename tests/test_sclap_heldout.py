@@ -91,15 +91,19 @@ def _rows(classes, sectors):
     return {"pos": row((a, b), (sa, sb)), "neg_t": row((b, a), (sb, sa)), "neg_s": row((a, b), (sa2, sb2))}
 
 
-def _parse(caption, frame):
-    """((class, sector) first in TIME, second), read back through the frame."""
+def _slots(caption, frame):
+    """The texts of the events first and second in TIME, read back through the frame."""
     parts = re.split(r"(\{[ABab]\})", frame)
     rx = "".join(f"(?P<{p[1]}>.+)" if C.SLOT.fullmatch(p) else re.escape(p) for p in parts)
     m = re.fullmatch(rx, caption[0].lower() + caption[1:-1])
     assert m, (frame, caption)
+    return [m.groupdict().get(k) or m.groupdict()[k.lower()] for k in "AB"]
+
+
+def _parse(caption, frame):
+    """((class, sector) first in TIME, second), read back through the frame."""
     out = []
-    for k in "AB":
-        text = m.groupdict().get(k) or m.groupdict()[k.lower()]
+    for text in _slots(caption, frame):
         found = {(n, s) for n, lex in H.SOUNDS.items() for w in lex["clauses"] + lex["nominals"]
                  if text.startswith(w + " ") for s, d in enumerate(H.DIRECTIONS) if text[len(w) + 1:] in d}
         assert len(found) == 1, (caption, text, found)
@@ -115,6 +119,7 @@ def test_heldout_negatives_swap_time_order_in_every_frame(frame, monkeypatch):
     assert _parse(caps["pos"], frame) == (("siren", 1), ("rain", 5))
     assert _parse(caps["neg_t"], frame) == (("rain", 5), ("siren", 1))
     assert _parse(caps["neg_s"], frame) == (("siren", 6), ("rain", 3))
+    assert _slots(caps["neg_t"], frame) == _slots(caps["pos"], frame)[::-1]   # the same phrases, swapped
     # the surface order follows the frame: reversed frames name the later event first
     low = caps["neg_t"].lower()
     pos_of = {n: min(low.find(w) for w in H.SOUNDS[n]["clauses"] + H.SOUNDS[n]["nominals"] if w in low)

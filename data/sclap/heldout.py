@@ -13,7 +13,9 @@ an item come from an RNG seeded with its item id and SALT only.
 
 Frames use the slot letters of captions.py: {A} / {B} finite clauses, {a} /
 {b} noun phrases, the letter being the TIME order (A first) whatever the
-surface order ("prior to {b}, {A}" names the later event first).
+surface order ("prior to {b}, one hears {a}" names the later event first). A
+frame's two slots have one form, so neg_t's caption holds pos's two phrases,
+swapped, and nothing else.
 """
 import hashlib
 
@@ -67,17 +69,17 @@ DIRECTIONS = [
 
 FRAMES = [
     "{A}; subsequently {B}",
-    "prior to {b}, {A}",
+    "prior to {b}, one hears {a}",
     "{a} precedes {b}",
     "{b} arrives in the wake of {a}",
-    "once {a} has died down, {B}",
+    "once {a} has died down, {b} begins",
     "to begin with {A}; to finish, {B}",
     "{a}, succeeded by {b}",
-    "{B} subsequent to {a}",
+    "{b} occurs subsequent to {a}",
     "{A}, whereupon {B}",
     "the opening sound is {a} and the closing one is {b}",
-    "{A}, eventually giving way to {b}",
-    "{B} once {a} is over",
+    "{a}, eventually giving way to {b}",
+    "{b} sets in once {a} is over",
 ]
 
 # zero-shot direction: one prompt a sector (its first wording)
