@@ -8,11 +8,15 @@ import re
 
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
 from data.grounding import captions as cg
 from data.grounding.format import parse_caption
 from data.grounding.generate import COLOURS, SHAPES, TEXTURES, _place, generate, make_scene
+from data.grounding.heldout import heldout_captions
 from data.grounding.spans import swap_left_right
+from models.text_encoder import resolve_model_path
+from training.config import load_config
 
 # Written by the code of commit 3fd75df (git show 3fd75df:data/grounding/generate.py):
 # make_scene(default_rng([7, 0]), 64, 3, chain) for 4 scenes, and the sha256 of their pixels
@@ -212,3 +216,18 @@ def test_flips_keep_diverse_captions_true():
             for w in cg.position_words(v, h):
                 assert bool(lr.search(w)) == bool(h), w
                 assert lr.sub(lambda m: mirror[m.group(0)], w) in cg.position_words(v, other)
+
+
+def test_captions_fit_the_text_length_of_the_config():
+    """No phrase of either grammar is truncated away at the YAML's model.text.max_length
+    (a truncated phrase counts as a miss in entity_object_acc)."""
+    limit = load_config(["--family", "grounding"])["model"]["text"]["max_length"]
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(None), use_fast=True)
+    rng, texts = np.random.default_rng(2), []
+    for k in range(300):
+        objects, bg, scene_chain = _random_scene(rng)
+        scene = {"background": bg, "scene_chain": scene_chain, "width": 128, "height": 128, "objects": objects}
+        lines = cg.diverse_captions(rng, objects, bg, 128, 3, scene_chain) + heldout_captions(str(k), scene)
+        texts += [parse_caption(ln).text for ln in lines]
+    longest = max(len(ids) for ids in tok(texts)["input_ids"])
+    assert longest <= limit, longest
