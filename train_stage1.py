@@ -155,7 +155,15 @@ def build_model(family, cfg, info):
             raise ConfigError(f"family {cfg['family']}: model has no set_grad_checkpointing")
         model.set_grad_checkpointing(True)
     if cfg["torchcompile"]:
-        say(info, "torch.compile: " + ", ".join(compile_towers(model)))
+        # Before DDP, on the inner towers: PyTorch's "Where to apply torch.compile?"
+        # recommends compiling the module DDP wraps, not the wrapper (Dynamo does not
+        # trace DDP's hooks well). The towers' first traced forward with grad runs
+        # inside DDP's forward, which Dynamo sees, so its DDPOptimizer still splits
+        # the graphs at DDP's bucket boundaries and the all-reduce overlaps backward.
+        model.compiled_towers = compile_towers(model, cfg["torchcompile_backend"],
+                                               device=info.device)
+        say(info, f"torch.compile ({cfg['torchcompile_backend']}): each tower at its first "
+                  f"call, or its parts if it is called with captions/keys (training/compile.py)")
     module = ModelAndLoss(model, criterion)
     ddp = module
     if info.distributed:
@@ -306,7 +314,7 @@ def main(argv=None):
     bar = tqdm(total=total_steps, initial=state.step, disable=not info.is_main,
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     window = {"data": 0.0, "step": 0.0, "samples": 0}
-    last_val, stopping = None, False
+    last_val, stopping, first_step = None, False, True
     while state.step < total_steps and not stopping:
         steps = epoch_steps(datasets, family.collate, sampler, state, cfg, info, micro_bs)
         t0 = time.perf_counter()
@@ -316,6 +324,10 @@ def main(argv=None):
                                              autocast, state, cfg, info, sampler.steps_per_epoch,
                                              stop["signal"] is not None)
             stopping = outcome.stop
+            if cfg["torchcompile"] and first_step:
+                say(info, f"torch.compile: compiled {', '.join(model.compiled_towers) or 'nothing'}"
+                          f"; first step {time.perf_counter() - t0:.1f} s with compilation")
+                first_step = False
             if not outcome.stepped:
                 if info.is_main:
                     logger.scalars({"train/nonfinite_steps": state.nonfinite_total}, state.step)

@@ -69,6 +69,7 @@ TRAIN_DEFAULTS = {
     "grad_clip_norm": None,
     "grad_checkpointing": False,
     "torchcompile": False,   # torch.compile the model's towers (training/compile.py)
+    "torchcompile_backend": "inductor",  # aot_eager: the same graphs, no code generation
     "local_loss": False,
     "gather_with_grad": False,
     "ddp_find_unused": False,  # DDP find_unused_parameters, for models with optional branches

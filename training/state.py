@@ -33,7 +33,8 @@ RESUME_MAY_CHANGE = (
     "epochs", "max_steps",                                  # schedule length
     "log_every", "save_every", "val_every", "keep_last", "keep_best",
     "workers", "threads", "pin_memory", "prefetch_factor", "data.gen_workers",  # resources
-    "device", "dist_backend", "precision", "grad_checkpointing", "torchcompile", "ddp_find_unused",
+    "device", "dist_backend", "precision", "grad_checkpointing", "torchcompile",
+    "torchcompile_backend", "ddp_find_unused",
     "batch_size", "accum_freq",     # per rank; the sampler checks the global batch
     "max_nonfinite", "resume", "logs", "name", "config", "preset", "eval.", "stage2.",
 )
