@@ -11,6 +11,7 @@ import eval as eval_script
 import families.radar as fam
 import train_stage1
 import train_stage2
+from data.radar.heldout import heldout_captions
 from training.checkpoint import load_checkpoint
 from tests.radar_tiny import tiny_args
 
@@ -51,6 +52,14 @@ def test_eval_script_end_to_end(stage1):
     for k in ("t2r_R@1", "r2t_R@1", "t2r_R@10", "temporal_order_acc", "zeroshot_action_acc"):
         assert 0.0 <= m[k] <= 1.0, k
     assert m["t2r_R@10"] == 1.0                   # 6 clips: every caption's clip is in the top 10
+    # the held-out phrasing (data/radar/heldout.py), made from the clips' meta actions and ids
+    held = [heldout_captions(json.load(open(os.path.join(root, "meta", f"{cid}.json")))["actions"], cid)
+            for cid in json.load(open(os.path.join(root, "_split", "test.json")))]
+    assert m["heldout_num_queries"] == sum(len(c) for c, _ in held)
+    assert m["heldout_temporal_order_pairs"] == sum(len(s) for _, s in held)
+    assert m["heldout_zeroshot_clips"] == m["zeroshot_clips"] and m["heldout_t2r_R@10"] == 1.0
+    for k in ("heldout_t2r_R@1", "heldout_r2t_R@1", "heldout_temporal_order_acc", "heldout_zeroshot_action_acc"):
+        assert 0.0 <= m[k] <= 1.0, k
     for fig in ("radar_maps", "similarity_matrix", "alignment_1"):
         assert (out / f"{fig}.png").exists()
 

@@ -72,7 +72,7 @@ LEXICON = {
              "away": ["farther from the antenna", "off into the distance"],
              "left": ["in the leftward direction", "leftward across the room"],
              "right": ["in the rightward direction", "rightward across the room"]},
-    "hspd": {"slow": ["at a gentle tempo", "in a relaxed manner"], "normal": [""],
+    "hspd": {"slow": ["at a gentle tempo", "in a relaxed manner"], "normal": ["", "at an ordinary tempo"],
              "fast": ["at high speed", "in a rush"]},
     "hside": {"left": ["counterclockwise"], "right": ["clockwise"]},
     "hfall": {"forward": ["frontward"], "backward": ["rearward"]},
