@@ -1,7 +1,8 @@
 """Radar CLIP family (seeds 000 and 001): the contract of families/__init__.py.
 
 Data: data/radar/sim.py writes the project's three-view format under
-``data.root``; data/radar/humanml3d.py simulates a HumanML3D folder's
+``data.root``, captions from ``data.captions`` (data/radar/captions.py:
+diverse or the template of before; missing = template); data/radar/humanml3d.py simulates a HumanML3D folder's
 motions into it (``data.humanml3d``); with ``data.generate false`` the
 folder is the user's, never written into, in either layout of
 data/radar/layouts.py (found by looking, or ``data.format``); the log says
