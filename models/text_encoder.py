@@ -92,7 +92,7 @@ class TextEncoder(nn.Module):
         # With the last n layers training, the frozen prefix (embeddings and
         # layers 0 .. L-n-1) is just as fixed: its output is what is cached.
         self.cache_features = bool(cache_features and freeze_backbone)
-        self.prefix_layers = (self.frozen_prefix if self.cache_features and unfreeze_last_n
+        self.prefix_layers = (self.frozen_prefix if self.cache_features
                               else None)   # None: the cache holds the last hidden states
         self.cache_max_bytes = int(cache_max_mb * 2**20)
         self._cache = OrderedDict()  # caption -> (hidden [L, H] float32, pooled [H] or None)
@@ -109,7 +109,8 @@ class TextEncoder(nn.Module):
 
     def _set_trainable(self, freeze_backbone, unfreeze_last_n):
         self.frozen = bool(freeze_backbone) and unfreeze_last_n == 0
-        self.frozen_prefix = 0   # frozen layers before the trainable ones (freeze + unfreeze_last_n)
+        # with freeze and unfreeze_last_n: the frozen layers before the trainable ones
+        self.frozen_prefix = None
         if not freeze_backbone:
             return
         for p in self.backbone.parameters():
@@ -130,7 +131,7 @@ class TextEncoder(nn.Module):
         super().train(mode)
         if self.frozen:
             self.backbone.eval()  # no dropout in a frozen tower: features are deterministic
-        elif self.frozen_prefix:
+        elif self.frozen_prefix is not None:
             # the last n layers train; the frozen ones before them give fixed
             # (cacheable) states, as a pretrained Tower keeps its frozen parts
             layers = self.backbone.encoder.layer

@@ -61,12 +61,22 @@ def test_prefix_cache_equals_the_full_backbone(bert, n, pooling):
     assert not any(k.startswith("backbone.embeddings.") for k in ga) and "proj.weight" in ga
 
 
-def test_the_frozen_prefix_stays_in_eval_mode_the_last_layers_train(bert):
-    cached, _ = _pair(bert, 1, "mean", head_layers=1, head_heads=2)
+@pytest.mark.parametrize("n", [1, LAYERS])
+def test_the_frozen_prefix_stays_in_eval_mode_the_last_layers_train(bert, n):
+    cached, _ = _pair(bert, n, "mean", head_layers=1, head_heads=2)
     cached.train()
     layers = cached.backbone.encoder.layer
-    assert not cached.backbone.embeddings.training and not any(m.training for m in layers[:-1])
-    assert layers[-1].training and cached.head.training
+    assert not cached.backbone.embeddings.training   # n = L: the prefix is the embeddings
+    assert [m.training for m in layers] == [False] * (LAYERS - n) + [True] * n
+    assert cached.head.training
+    # the cached states are the eval-mode prefix's, whatever the mode at the first call
+    cached(CAPS[:1])
+    tok = cached.tokenize(CAPS[:1])
+    cached.eval()
+    own = cached.backbone(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                          output_hidden_states=True).hidden_states[LAYERS - n][0]
+    assert torch.equal(cached._cache[CAPS[0]][0], own)
+    cached.train()
     # in training the last layer's dropout runs on the cached states: two calls differ
     a, b = cached(CAPS).features, cached(CAPS).features
     assert not torch.equal(a, b)
