@@ -34,6 +34,7 @@ from data.cache import UserDataError
 from families import load_family
 from models.towers import find_towers
 from training.checkpoint import CheckpointManager, find_resume, git_commit, load_checkpoint
+from training.compile import compile_towers
 from training.config import ConfigError, cli_keys, dump, load_config, parse_cli, set_dotted
 from training.data import to_device
 from training.distributed import DistInfo
@@ -52,8 +53,9 @@ UNUSED_IN_STAGE2 = ("accum_freq", "warmup", "min_lr_ratio", "lr_multipliers", "b
                     "eps", "local_loss", "gather_with_grad", "max_steps", "save_every",
                     "val_every", "grad_checkpointing", "ddp_find_unused", "dist_backend")
 STAGE2_MAY_CHANGE = ("log_every", "keep_last", "keep_best", "workers", "threads", "pin_memory",
-                     "prefetch_factor", "device", "precision", "max_nonfinite", "resume", "logs",
-                     "name", "config", "preset", "eval.")
+                     "prefetch_factor", "device", "precision", "torchcompile",
+                     "torchcompile_backend", "max_nonfinite", "resume", "logs", "name", "config",
+                     "preset", "eval.")
 
 
 def split_args(argv):
@@ -230,6 +232,8 @@ def main(argv=None):
     parts = family.build_stage2(cfg, stage1_state, mode)
     model = parts["model"].to(device)
     encoder = parts.get("encoder", getattr(model, "encoder", None))
+    compiled = compile_towers(model, cfg["torchcompile_backend"], device=device) \
+        if cfg["torchcompile"] else None   # in place: the same parameters and checkpoint keys
     datasets = parts["datasets"]
 
     run_dir = os.path.join(cfg["logs"], run_name(cfg))
@@ -276,6 +280,9 @@ def main(argv=None):
             datasets["train"].set_epoch(epoch)
         train_epoch(loader, model, parts["loss_fn"], opt, sched, scaler, autocast, state, cfg,
                     device, logger, ckpt_dir, f"stage2 {mode} epoch {epoch}")
+        if compiled is not None and epoch == start:
+            print(f"torch.compile ({cfg['torchcompile_backend']}): compiled "
+                  f"{', '.join(compiled) or 'nothing'}")
         with torch.no_grad():
             model.eval()
             val = parts["evaluate"](model, datasets["val"], cfg, device)

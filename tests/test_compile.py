@@ -272,3 +272,27 @@ def test_inductor_matches_eager_with_dropout(tiny_cfg, one_torch_thread):
     assert names == ["a", "b"]
     assert torch.allclose(loss, ref_loss, atol=1e-5)
     _assert_grads(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_stage2_compiled_equals_eager_across_the_unfreeze(tmp_path, capsys, one_torch_thread):
+    """train_stage2 --torchcompile (it was ignored): frozen_then_finetune, whose
+    unfreezing flips requires_grad mid-run (a recompile), ends with eager's
+    weights and test metrics."""
+    import json
+    import train_stage2
+    init = str(tmp_path / "s1" / "checkpoints" / "latest.pt")
+    _main(tmp_path, "s1", "--data.num_train", "128", steps=2)   # stage 2: 4 steps an epoch
+    args = ["--config", TINY_YAML, "--init", init, "--mode", "frozen_then_finetune",
+            "--stage2.epochs", "2", "--stage2.frozen_epochs", "1", "--logs", str(tmp_path),
+            "--model.dropout", "0.2"]
+    capsys.readouterr()
+    for name, extra in (("eager", []), ("compiled", BACKEND)):
+        train_stage2.main(args + ["--name", name, *extra])
+    assert "torch.compile (aot_eager): compiled encoder, head" in capsys.readouterr().out
+    ck = {n: torch.load(tmp_path / n / "checkpoints" / "latest.pt", weights_only=False)
+          for n in ("eager", "compiled")}
+    assert set(ck["compiled"]["model"]) == set(ck["eager"]["model"])
+    for k, v in ck["eager"]["model"].items():
+        assert torch.allclose(ck["compiled"]["model"][k], v, atol=1e-6), k
+    m = {n: json.load(open(tmp_path / n / "metrics.json")) for n in ("eager", "compiled")}
+    assert m["compiled"]["loss"] == pytest.approx(m["eager"]["loss"], abs=1e-6)
