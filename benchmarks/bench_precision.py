@@ -3,6 +3,7 @@
     python benchmarks/bench_precision.py                       # every family, quick presets
     python benchmarks/bench_precision.py --families radar,sclap --rounds 5
     python benchmarks/bench_precision.py --torchcompile        # compiled towers as extra rows
+    python benchmarks/bench_precision.py --torchcompile --torchcompile-backend aot_eager
 
 For each family (its ``quick`` preset; the first run generates that preset's
 data, as training would) one model takes full training steps (forward,
@@ -12,7 +13,12 @@ threads. The combinations are interleaved round by round, so the machine's
 noise hits all alike; each row is the median over rounds. The last column is
 the ratio to the fastest row of the family, and the line under each table
 says which precision ``--precision auto`` picks here and whether it is the
-fastest within noise (the spread of the rows' own rounds).
+fastest within noise (the spread of the rows' own rounds). With
+``--torchcompile`` a second model has its towers compiled as training does
+(training/compile.py); its rows follow the eager ones, and a second table
+puts eager and compiled side by side per precision and thread count, with
+the compile time (the first two steps of each precision, less two timed
+steps) and which one is faster.
 """
 import argparse
 import os
@@ -25,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from families import FAMILIES, load_family  # noqa: E402
 from training.accumulation import ModelAndLoss, forward_backward  # noqa: E402
+from training.compile import compile_towers  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.data import to_device  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
@@ -34,7 +41,7 @@ from training.resources import apply_thread_budget, available_cores, thread_budg
 PRECISIONS = ("fp32", "amp_bf16", "amp")
 
 
-def family_setup(name, preset, overrides, torchcompile):
+def family_setup(name, preset, overrides, torchcompile, backend="inductor"):
     cfg = load_config(["--family", name, "--preset", preset] + overrides)
     # the data (and any feature cache) the training run itself would prepare
     cfg["precision"] = resolve_precision(cfg["precision"], "cpu")[0]
@@ -47,8 +54,8 @@ def family_setup(name, preset, overrides, torchcompile):
                       device)
     torch.manual_seed(0)
     module = ModelAndLoss(family.build_model(cfg), family.build_criterion(cfg, 0, 1)).to(device)
-    if torchcompile:
-        module.model = torch.compile(module.model)
+    if torchcompile:   # in place, as train_stage1 does: the same parameter names and groups
+        compile_towers(module.model, backend)
     module.train()
     opt, _ = build_optimizer({"model": module.model, "criterion": module.criterion}, cfg)
     return cfg, module, opt, batch
@@ -67,14 +74,18 @@ def bench_family(name, args, thread_counts):
     cfg, module, opt, batch = family_setup(name, args.preset, args.overrides, False)
     setups = {"eager": (module, opt)}
     if args.torchcompile:
-        _, cmod, copt, _ = family_setup(name, args.preset, args.overrides, True)
+        _, cmod, copt, _ = family_setup(name, args.preset, args.overrides, True,
+                                        args.torchcompile_backend)
         setups["compiled"] = (cmod, copt)
     rows = [(mode, p, t) for mode in setups for p in PRECISIONS for t in thread_counts]
     times = {r: [] for r in rows}
+    warm = {}                                   # (mode, precision) -> its first two steps, s
     for mode, p, t in rows:                     # warm-up (and compilation) outside the timing
         torch.set_num_threads(t)
+        t0 = time.perf_counter()
         for _ in range(2):
             one_step(*setups[mode], batch, p)
+        warm.setdefault((mode, p), time.perf_counter() - t0)
     for _ in range(args.rounds):
         for r in rows:
             mode, p, t = r
@@ -103,7 +114,27 @@ def bench_family(name, args, thread_counts):
         else f"NOT the fastest: {ratio:.2f}x the fastest row {best}")
     print(f"  auto picks {auto} with {auto_row[2]} threads beside {workers} DataLoader workers "
           f"({why}): {verdict}")
+    if args.torchcompile:
+        print_compile_table(name, args, med, times, warm, thread_counts)
     return {"family": name, "best": best, "auto": auto_row, "ratio": ratio}
+
+
+def print_compile_table(name, args, med, times, warm, thread_counts):
+    """Eager and compiled side by side; compile time = the compiled model's first
+    two steps of a precision (its threads' first row) less two timed steps."""
+    print(f"  {name}: eager vs --torchcompile ({args.torchcompile_backend}), ms per step")
+    print(f"  {'precision':10s}{'threads':>8s}{'eager':>9s}{'compiled':>10s}{'compiled/eager':>16s}"
+          f"{'compile s':>11s}  faster")
+    for p in PRECISIONS:
+        for t in thread_counts:
+            e, c = med[("eager", p, t)], med[("compiled", p, t)]
+            compile_s = (f"{warm[('compiled', p)] - 2 * med[('compiled', p, thread_counts[0])]:.1f}"
+                         if t == thread_counts[0] else "")
+            noise = max((max(times[r]) - min(times[r])) / med[r]
+                        for r in (("eager", p, t), ("compiled", p, t)))
+            faster = ("within noise" if abs(c / e - 1) <= max(noise, 0.05)
+                      else "compiled" if c < e else "eager")
+            print(f"  {p:10s}{t:8d}{1e3 * e:9.1f}{1e3 * c:10.1f}{c / e:16.2f}{compile_s:>11s}  {faster}")
 
 
 def main():
@@ -114,6 +145,8 @@ def main():
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", default=None, help="comma list (default: 1..cores)")
     ap.add_argument("--torchcompile", action="store_true")
+    ap.add_argument("--torchcompile-backend", default="inductor",
+                    help="inductor (what training uses by default) | aot_eager | ...")
     args, args.overrides = ap.parse_known_args()
     cores = available_cores()
     thread_counts = ([int(t) for t in args.threads.split(",")] if args.threads
