@@ -11,7 +11,6 @@ import pytest
 
 import families.radar as fam
 from data.cache import read_marker
-from data.radar import captions as diverse
 from data.radar import text
 from data.radar.actions import ACTION_NAMES, sample_clip
 from data.radar.caption_grammar import action_facts, expand_phrases, fact_space, render, slot_order
@@ -41,11 +40,13 @@ OLD = [
       "a human waves the left hand three times before walking slowly towards the radar.",
       "a woman raises the left hand and waves and after that walks slowly towards the radar.",
       "a person waves the left hand three times, then walks slowly toward the sensor."]),
-    (["first a human jogs fast sideways to the left, then kicks twice with the right foot, and finally falls backwards.",
+    (["first a human jogs fast sideways to the left, then kicks twice with the right foot, and finally falls "
+      "backwards.",
       "a human runs fast leftwards, after that kicks with the right leg twice and then falls down backwards.",
       "after jogging sideways to the left, someone kicks twice with the right foot and then falls backwards.",
       "someone jogs fast leftwards, after that kicks with the right leg twice and then falls backwards."],
-     ["first a human kicks twice with the right foot, then falls backwards, and finally jogs fast sideways to the left.",
+     ["first a human kicks twice with the right foot, then falls backwards, and finally jogs fast sideways to "
+      "the left.",
       "a human kicks with the right leg twice, after that falls down backwards and then runs fast leftwards.",
       "after kicking twice with the right foot, someone falls backwards and then jogs sideways to the left.",
       "someone falls backwards, after that jogs fast leftwards and then kicks with the right leg twice."]),

@@ -197,6 +197,49 @@ def test_heldout_captions_deterministic_swapped_in_time_and_short():
     assert heldout_captions(_actions(2), "000001") != heldout_captions(_actions(2), "000002")
 
 
+# heldout_captions(FROZEN_ACTIONS[i], f"00000{i}") when the held-out set was written (commit e75551b):
+# the grammar is frozen, so every checkpoint's heldout_ numbers are on these sentences
+FROZEN_ACTIONS = [
+    [{"name": "walk", "params": {"direction": "towards", "speed": 0.7}},
+     {"name": "wave", "params": {"reps": 3, "arm": "left"}}],
+    [{"name": "run", "params": {"direction": "left", "speed": 2.5}},
+     {"name": "kick", "params": {"reps": 2, "leg": "right"}}, {"name": "fall", "params": {"direction": "backward"}}],
+    [{"name": "punch", "params": {"reps": 4, "arm": "both"}}],
+]
+FROZEN = [
+    (["a performer signals with the left-side arm, having sauntered nearer to the antenna beforehand",
+      "the participant gestures a greeting using the left-side arm once done proceeding nearer to the antenna "
+      "in a relaxed manner",
+      "this individual proceeds in the antenna's direction at a gentle tempo and later on signals with the "
+      "left-side arm"],
+     ["a performer saunters nearer to the antenna, having signalled with the left-side arm beforehand",
+      "the participant proceeds nearer to the antenna in a relaxed manner once done gesturing a greeting using "
+      "the left-side arm",
+      "this individual signals with the left-side arm and later on proceeds in the antenna's direction at a "
+      "gentle tempo"]),
+    (["initially a young adult bolts leftward across the room, subsequently thrusts the right-side leg ahead, "
+      "and eventually keels over rearward",
+      "prior to collapsing rearward, the participant charges in the leftward direction and subsequently thrusts "
+      "the right-side leg ahead",
+      "having charged leftward across the room, the participant swings the right-side leg outward for 2 "
+      "repetitions; lastly collapses rearward"],
+     ["initially a young adult keels over rearward, subsequently bolts leftward across the room, and eventually "
+      "thrusts the right-side leg ahead",
+      "prior to thrusting the right-side leg ahead, the participant collapses rearward and subsequently charges "
+      "in the leftward direction",
+      "having collapsed rearward, the participant swings the right-side leg outward for 2 repetitions; lastly "
+      "charges leftward across the room"]),
+    (["we see an adult striking out using each arm for 4 repetitions",
+      "we see the actor striking out using each arm for 4 repetitions",
+      "in this clip an adult strikes out using each arm for 4 repetitions"], []),
+]
+
+
+def test_heldout_captions_are_frozen():
+    for i, (acts, want) in enumerate(zip(FROZEN_ACTIONS, FROZEN)):
+        assert heldout_captions(acts, f"00000{i}") == want
+
+
 @pytest.mark.parametrize("grammar", [HELDOUT, diverse.DIVERSE], ids=["heldout", "diverse"])
 def test_every_three_action_sequence_has_a_caption_within_max_words(grammar):
     """Exhaustive over the actions' facts: the shortest caption the grammar has
@@ -267,7 +310,8 @@ class HashModel(nn.Module):
 
     def encode_text(self, captions):
         f = torch.stack([text_feature(c) for c in captions]) * self.weight
-        return {"text_features": f, "text_tokens": f[:, None], "text_mask": torch.ones(len(captions), 1, dtype=torch.bool)}
+        return {"text_features": f, "text_tokens": f[:, None],
+                "text_mask": torch.ones(len(captions), 1, dtype=torch.bool)}
 
 
 def cos(a, b):

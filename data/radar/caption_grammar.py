@@ -210,17 +210,6 @@ def shortest(g, facts, perms):
     return render(g, frame, subject, phrases) + ".", sw
 
 
-def all_phrases(g, facts):
-    """Every rendered phrase of an action: all templates, fills, forms and subjects."""
-    out = set()
-    subjects = {(s.pron, s.pos, s.refl): s for s in g.subjects}.values()   # phrases see only these
-    for phrase in expand_phrases(g, facts):
-        for subject in subjects:
-            for form in FORMS:
-                out.add(render_phrase(g, phrase, form, subject))
-    return out
-
-
 REPEATED = ("jump", "wave", "squat", "kick", "clap", "bend over", "punch", "jumping jacks")
 MAX_REPS = 7   # the most repetitions data/radar/actions.py draws (clap: 3-7)
 

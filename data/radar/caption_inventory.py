@@ -17,8 +17,7 @@ from functools import lru_cache
 
 from data.radar import captions as diverse
 from data.radar import heldout, text
-from data.radar.caption_grammar import (SLOT, action_facts, all_phrases, expand_phrases, fact_space,
-                                        render_phrase)
+from data.radar.caption_grammar import FORMS, SLOT, action_facts, expand_phrases, fact_space, render_phrase
 
 # data/radar/text.py's _join, frame by frame (s: present, ing: gerund)
 TEMPLATE_FRAMES = {
@@ -111,21 +110,12 @@ def inventory(name):
 def every_phrase(name):
     """Every phrase the grammar can produce for any action, in any form."""
     inv = inventory(name)
-    forms = ("s", "ing") if name == "template" else ("s", "ing", "base", "ed", "en")
+    forms = ("s", "ing") if name == "template" else FORMS
     out = set()
     for action in text.ACTION_PROMPTS:
         for facts in fact_space(action):
             for form in forms:
                 out |= inv.phrases(facts, form)
-    return out
-
-
-def every_grammar_phrase(g):
-    """The same from a Grammar object (all subjects and forms)."""
-    out = set()
-    for action in g.phrases:
-        for facts in fact_space(action):
-            out |= all_phrases(g, facts)
     return out
 
 

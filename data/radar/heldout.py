@@ -1,7 +1,9 @@
 """The held-out caption grammar of radar evaluation: FROZEN.
 
-Changing anything in this file changes every heldout_ number in
-experiments.md; add a new grammar beside it instead.
+Changing anything in this file (or how data/radar/caption_grammar.py
+renders it) changes every heldout_ number in experiments.md; add a new
+grammar beside it instead. tests/test_radar_heldout.py pins a few of its
+captions word for word.
 
 Captions a researcher might write for the same clips, in words the
 training grammars (data/radar/captions.py ``diverse``, data/radar/text.py
