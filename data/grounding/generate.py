@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.ndimage import binary_erosion
 
-from data.grounding.captions import diverse_captions
+from data.grounding.captions import diverse_captions, position_key, relation_key
 from data.grounding.format import format_caption, write_annotation
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 230),
@@ -123,20 +123,16 @@ def _describe(rng, obj, article):
     return f"{article} {' '.join(words)}"
 
 
+RELATION_WORDS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
+
+
 def _relation(a, b):
-    """Where a is relative to b, from box centres (image y grows downwards)."""
-    dx = (a["box"][0] + a["box"][2] - b["box"][0] - b["box"][2]) / 2
-    dy = (a["box"][1] + a["box"][3] - b["box"][1] - b["box"][3]) / 2
-    if abs(dx) >= abs(dy):
-        return "to the left of" if dx < 0 else "to the right of"
-    return "above" if dy < 0 else "below"
+    """Where a is relative to b (the rule in data/grounding/captions.relation_key)."""
+    return RELATION_WORDS[relation_key(a, b)]
 
 
 def _position(obj, size):
-    cx, cy = (obj["box"][0] + obj["box"][2]) / 2, (obj["box"][1] + obj["box"][3]) / 2
-    v = "top" if cy < size / 3 else "bottom" if cy > 2 * size / 3 else ""
-    h = "left" if cx < size / 3 else "right" if cx > 2 * size / 3 else ""
-    return f"{v} {h}".strip() or "middle"
+    return " ".join(w for w in position_key(obj, size) if w) or "middle"
 
 
 def make_captions(rng, objects, bg_name, size, n_captions, scene_chain):

@@ -26,6 +26,8 @@ import zlib
 
 import numpy as np
 
+from data.grounding.captions import relation_key  # the geometry, not the wording: shared
+
 SALT = 20261201          # with the image id, seeds each image's held-out captions
 CAPTIONS_PER_IMAGE = 3
 SCENE_OBJECTS = "scene_objects.json"
@@ -54,15 +56,6 @@ FRAMES = {
     "position": ("{a A} lingers {P}", "{P} one can spot {a A}", "{the A} is found {P}"),
 }
 _SLOT = re.compile(r"\{(?:(a|the) )?([A-Z])\}")
-
-
-def relation_key(a, b):
-    """left / right / above / below: where a is relative to b, from box centres (y grows downwards)."""
-    dx = (a["box"][0] + a["box"][2] - b["box"][0] - b["box"][2]) / 2
-    dy = (a["box"][1] + a["box"][3] - b["box"][1] - b["box"][3]) / 2
-    if abs(dx) >= abs(dy):
-        return "left" if dx < 0 else "right"
-    return "above" if dy < 0 else "below"
 
 
 def position_key(obj, width, height):
