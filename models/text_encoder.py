@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from models.text_head import OrderHead, drop_tokens, pool_tokens
+from models.text_head import OrderHead, drop_tokens, pool_tokens, set_backbone_dropout
 
 BUNDLED_NAMES = {None, "", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2",
                  "bundled"}
@@ -68,7 +68,7 @@ class TextEncoder(nn.Module):
     def __init__(self, model_name=None, embed_dim=256, max_length=77, pooling_strategy="mean",
                  freeze_backbone=True, unfreeze_last_n=0, cache_features=True,
                  grad_checkpointing=False, cache_max_mb=512, head_layers=0, head_heads=4,
-                 head_dim=None, token_dropout=0.0):
+                 head_dim=None, token_dropout=0.0, dropout=None):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -83,6 +83,7 @@ class TextEncoder(nn.Module):
         self.max_length = max_length
         self.pooling_strategy = pooling_strategy
         self.proj = nn.Linear(self.hidden_size, embed_dim)
+        set_backbone_dropout(self.backbone, dropout)   # None: the checkpoint's own (MiniLM: 0.1)
         self._set_trainable(freeze_backbone, unfreeze_last_n)
         # A frozen backbone maps a caption to the same hidden states every time,
         # so they are computed once per caption. The cache is derived data, not
@@ -152,8 +153,10 @@ class TextEncoder(nn.Module):
         """Reuse outputs saved by ``cache_state`` (same model, max_length, pooling)."""
         if not self.cache_features:
             raise ValueError("load_cache: this TextEncoder does not cache (backbone not frozen)")
+        # kept in the file's dtype (fp16: half the memory of fp32); a batch is
+        # assembled in fp32 (_cached_backbone), so the values are the same
         for c, (h, p) in state.items():
-            self._remember(c, h.float(), None if p is None else p.float())
+            self._remember(c, h, p)
 
     @staticmethod
     def _nbytes(entry):
@@ -230,7 +233,7 @@ class TextEncoder(nn.Module):
                 self._cache.move_to_end(c)  # recently used
             hidden[i, :h.shape[0]] = h
             if pooled is not None:
-                pooled.append(p)
+                pooled.append(p.float())
         for c, (h, p) in fresh.items():
             self._remember(c, h, p)
         return hidden, (torch.stack(pooled) if pooled is not None else None)

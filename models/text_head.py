@@ -19,7 +19,8 @@ import torch.nn as nn
 
 # model.text keys of the text side; these defaults are the behaviour from
 # before they existed (no head, no dropout), also for older checkpoints
-TEXT_SIDE_DEFAULTS = {"head_layers": 0, "head_heads": 4, "head_dim": None, "token_dropout": 0.0}
+TEXT_SIDE_DEFAULTS = {"head_layers": 0, "head_heads": 4, "head_dim": None, "token_dropout": 0.0,
+                      "dropout": None}
 
 
 def text_side_config(section, key="model.text"):
@@ -39,7 +40,24 @@ def text_side_config(section, key="model.text"):
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise ValueError(f"{key}.token_dropout: expected a probability in [0, 1), got {p!r}")
     cfg["token_dropout"] = float(p)
+    p = cfg["dropout"]
+    if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1):
+        raise ValueError(f"{key}.dropout: expected null (the checkpoint's own) or a probability "
+                         f"in [0, 1), got {p!r}")
+    cfg["dropout"] = None if p is None else float(p)
     return cfg
+
+
+def set_backbone_dropout(backbone, p):
+    """Every dropout of a transformers backbone at probability ``p`` (hidden
+    states and attention weights: BERT's attention reads its Dropout's p);
+    None leaves the checkpoint's own. Only layers that train ever apply it
+    (frozen ones run in eval mode)."""
+    if p is None:
+        return
+    for m in backbone.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
 
 
 def content_tokens(mask, offsets):

@@ -205,9 +205,9 @@ def test_disk_text_cache_hits_and_misses(tmp_path):
         load_text_cache(enc, str(tmp_path), other)
         assert enc.cache_state() == {}
     # a file larger than the model's in-memory bound: the most recent part, with a warning
-    small = TextEncoder(max_length=16, embed_dim=8, cache_max_mb=0.02)
-    with pytest.warns(UserWarning, match=r"4 captions, but model.text.cache_max_mb=0.02 keeps only \d"):
-        load_text_cache(small, str(tmp_path), dict(t, cache_max_mb=0.02))
+    small = TextEncoder(max_length=16, embed_dim=8, cache_max_mb=0.008)
+    with pytest.warns(UserWarning, match=r"4 captions, but model.text.cache_max_mb=0.008 keeps only \d"):
+        load_text_cache(small, str(tmp_path), dict(t, cache_max_mb=0.008))
     assert 0 < small.cache_info()["captions"] < 4
     # a trainable backbone never uses it
     build_text_cache(str(tmp_path / "trainable"), dict(t, freeze=False), {"train": Split()})

@@ -128,7 +128,13 @@ def text_side_metrics(model, criterion, radar, info, captions, pairs, prompts, c
     for i, caps in enumerate(captions):
         texts += caps
         text_to_item += [i] * len(caps)
-    scores = score_matrix(criterion, radar, encode_texts(model, texts, cfg, device))  # [Nt, Ni]
+    # every distinct string once: the order pairs' true captions are retrieval queries too
+    unique = list(dict.fromkeys(texts + [p[k] for p in pairs for k in (1, 2)]))
+    row = {c: j for j, c in enumerate(unique)}
+    encoded = encode_texts(model, unique, cfg, device)
+    pick = lambda strings: {k: v[torch.tensor([row[c] for c in strings], device=device)]
+                            for k, v in encoded.items()}
+    scores = score_matrix(criterion, radar, pick(texts))  # [Nt, Ni]
     metrics = retrieval_scores(scores, text_to_item, "r")
     metrics["t2r_chance_R@10"] = min(1.0, 10 / len(captions))
 
@@ -137,8 +143,7 @@ def text_side_metrics(model, criterion, radar, info, captions, pairs, prompts, c
     pair_text = None
     if pairs:
         idx = torch.tensor([p[0] for p in pairs], device=device)
-        pair_text = (encode_texts(model, [p[1] for p in pairs], cfg, device),
-                     encode_texts(model, [p[2] for p in pairs], cfg, device))
+        pair_text = (pick([p[1] for p in pairs]), pick([p[2] for p in pairs]))
         pos, pos_g = paired_scores(criterion, radar, idx, pair_text[0])
         neg, neg_g = paired_scores(criterion, radar, idx, pair_text[1])
         metrics["temporal_order_acc"] = (pos > neg).float().mean().item()

@@ -66,6 +66,13 @@ def perturb_time(x, mask, factor, shift):
     return x.gather(-1, src.unsqueeze(1).expand(B, C, T)) * keep, new_mask
 
 
+def pad_tokens(x, length):
+    """x [B, L, ...] zero-padded (False for a mask) to [B, length, ...]."""
+    if x.shape[1] >= length:
+        return x
+    return torch.cat([x, x.new_zeros((x.shape[0], length - x.shape[1]) + x.shape[2:])], 1)
+
+
 class CLIPModel(nn.Module):
     def __init__(self, radar_encoder, text_encoder, temporal_negatives=False,
                  consistency=False, max_stretch=0.2, max_shift=16):
@@ -101,12 +108,31 @@ class CLIPModel(nn.Module):
                 f"{prefix}_tokens": out.tokens,         # [B, L, D]
                 f"{prefix}_mask": content_token_mask(out.mask, out.offsets)}  # [B, L]
 
+    def encode_swapped(self, batch, out):
+        """The order-swapped captions' features. Only the multi-action clips'
+        (``has_swap``) go through the text tower; the other rows, whose
+        "swapped" caption is their own and which the loss multiplies by 0, get
+        the caption's own features, detached (the same values the tower would
+        give them in eval mode, and the same zero gradient)."""
+        caps, has = batch["swapped_caption"], batch.get("has_swap")
+        if has is None or bool(has.all()):
+            return self.encode_text(caps, "swap")
+        own = {f"swap_{k}": out[f"text_{k}"].detach() for k in ("features", "tokens", "mask")}
+        idx = has.nonzero()[:, 0].to(out["text_features"].device)
+        if idx.numel() == 0:
+            return own
+        sub = self.encode_text([caps[i] for i in idx.tolist()], "swap")
+        L = max(own["swap_tokens"].shape[1], sub["swap_tokens"].shape[1])
+        for k in ("swap_tokens", "swap_mask"):   # one token length for both
+            own[k], sub[k] = pad_tokens(own[k], L), pad_tokens(sub[k], L)
+        return {k: own[k].index_copy(0, idx, sub[k].to(own[k].dtype)) for k in own}
+
     def forward(self, batch):
         radar, mask = self.radar_views(batch), batch["radar_mask"]
         out = self.encode_radar(radar, mask)
         out.update(self.encode_text(batch["caption"]))
         if self.training and self.temporal_negatives and "swapped_caption" in batch:
-            out.update(self.encode_text(batch["swapped_caption"], "swap"))
+            out.update(self.encode_swapped(batch, out))
             rev = {v: reverse_valid(x, mask) for v, x in radar.items()}
             out.update(self.encode_radar(rev, mask, "rev"))
         if self.training and self.consistency:

@@ -15,7 +15,8 @@ from transformers import AutoTokenizer, CLIPTextModel
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 from models.text_encoder import TextEncoder, TextOutput
-from models.text_head import OrderHead, drop_tokens, pool_tokens, text_side_config
+from models.text_head import (OrderHead, drop_tokens, pool_tokens, set_backbone_dropout,
+                              text_side_config)
 from models.towers.loading import (TEXT_TYPES, load_tower, read_model_type, resolve_pretrained,
                                    tower_config)
 from models.towers.trainable import Tower
@@ -55,6 +56,7 @@ class TextTower(Tower):
         self.hidden_size = cfg.hidden_size
         self.proj = nn.Linear(self.hidden_size, embed_dim)
         side = text_side_config(side, key)
+        set_backbone_dropout(self.backbone, side["dropout"])
         if side["head_layers"] and pooling == "pooler":
             raise ValueError(f"{key}.head_layers needs {key}.pooling_strategy cls, mean or max "
                              f"(this checkpoint's default is its pooler, which reads the "
