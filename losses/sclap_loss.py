@@ -9,9 +9,17 @@ Triplets [pos, neg_t, neg_s] are flattened to 3B clips with their own captions.
           audio vs texts [pos, neg_t, neg_s], logits clamped to +-50
     L_mod BCE-with-logits of the modality classifier (audio 0, text 1); the
           encoders see it reversed through GradientReversal in the model
+    L_evt (event_weight > 0, with model.event_slots) per event slot k = 1, 2:
+          symmetric InfoNCE over the 3B clips of the audio slot a_k against
+          c_k, the encoded single-event caption of the clip's k-th event, and
+          of the text slot e_k against the same c_k (same-caption ids are
+          positives: neg_t's c_1 is pos's c_2 ...); the mean of the 4 terms.
+          A direct, order-free target for each slot on both sides.
 total = (1 - w_sem_eff) L_ss + w_sem_eff L_sem + w_doa L_doa + w_ts_eff L_ts + w_mod L_mod
+        + w_evt L_evt
 with loss_weights = [w_doa, w_sem, w_ts, w_mod], w_sem_eff = 0 before
-`sem_start_epoch`, w_ts_eff = w_ts * min(1, (epoch + 1) / ts_ramp_epochs).
+`sem_start_epoch`, w_ts_eff = w_ts * min(1, (epoch + 1) / ts_ramp_epochs),
+w_evt = event_weight from the first step (it is what starts the order).
 """
 import math
 
@@ -49,16 +57,29 @@ def three_way_loss(audio, text, logit_scale, clamp=50.0):
     return (l_t2a + l_a2t) / 2
 
 
+def event_loss(clip, audio_slots, text_slots, event, ids, logit_scale):
+    """L_evt. audio_slots, text_slots, event [B, 3, 2, D] (any norm), ids
+    [B, 3, 2] the event captions' ids; clip: a ClipLoss (multi-positive)."""
+    terms = []
+    for k in range(event.shape[2]):
+        target = F.normalize(event[:, :, k].float(), dim=-1).flatten(0, 1)            # [3B, D]
+        for side in (audio_slots, text_slots):
+            slot = F.normalize(side[:, :, k].float(), dim=-1).flatten(0, 1)           # [3B, D]
+            terms.append(clip(slot, target, logit_scale, ids=ids[:, :, k].flatten()))
+    return sum(terms) / len(terms)
+
+
 class SCLAPLoss(nn.Module):
     def __init__(self, loss_weights=(1.0, 0.5, 0.2, 0.2), sem_start_epoch=3, ts_ramp_epochs=4,
                  logit_clamp=50.0, init_logit_scale=1 / 0.07, local_loss=False,
-                 gather_with_grad=False, rank=0, world_size=1):
+                 gather_with_grad=False, rank=0, world_size=1, event_weight=0.0):
         super().__init__()
         if len(loss_weights) != 4:
             raise ValueError(f"loss_weights must be [w_doa, w_sem, w_ts, w_mod], got {loss_weights}")
         self.loss_weights = [float(w) for w in loss_weights]
         self.sem_start_epoch, self.ts_ramp_epochs = sem_start_epoch, ts_ramp_epochs
         self.logit_clamp = logit_clamp
+        self.event_weight = float(event_weight)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
         self.clip = ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad,
                              rank=rank, world_size=world_size)
@@ -89,5 +110,15 @@ class SCLAPLoss(nn.Module):
             total = total + w_mod * l_mod
             logs["loss_mod"] = l_mod.detach()
             logs["mod_acc"] = ((logits > 0).float() == labels).float().mean().detach()
+        if self.event_weight > 0:
+            missing = [k for k in ("audio_slots", "text_slots", "event") if k not in features]
+            if missing:
+                raise ValueError(f"loss.event_weight {self.event_weight} needs the model's event slots "
+                                 f"(model.event_slots true) and the batch's event captions; the "
+                                 f"features lack {missing}")
+            l_evt = event_loss(self.clip, features["audio_slots"], features["text_slots"],
+                               features["event"], batch["event_ids"], scale)
+            total = total + self.event_weight * l_evt
+            logs["loss_evt"] = l_evt.detach()
         logs["loss"] = total.detach()
         return total, logs

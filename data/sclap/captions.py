@@ -18,6 +18,13 @@ caption swaps the time order in every frame; neg_s keeps the frame and the
 words and changes only the direction phrases. The plain captions (L_sem) are
 the same frame and words without any direction.
 
+Event captions (event slots, model.event_slots / loss.event_weight): every
+triplet clip also gets, per caption index k, one single-event spatial caption
+of each of its two events in that clip's TIME order (event_captions), from
+the same SINGLE_FRAMES and wordings; neg_t's first event caption is pos's
+second, word for word. They come from a stream of their own, so adding them
+changed no other caption.
+
 Everything is drawn from the caller's RNG (generate.py gives this grammar its
 own stream, so the audio is the same under both grammars). The inventories
 (FRAMES, SINGLE_FRAMES, SOUNDS, DIRECTIONS) are module constants so tests can
@@ -26,6 +33,12 @@ enumerate every caption this grammar can produce.
 import re
 
 CAPTIONS_PER_ITEM = 5   # Clotho's count; training draws one per item and epoch
+# the generated manifest's form under this grammar, in the data cache's marker
+# (families/sclap gen_params): 2 = with the event{1,2}_caption[_k] columns
+VERSION = 2
+# variant -> (its events in time order, its direction set): neg_t swaps the
+# order, neg_s keeps it with the other sectors
+VARIANT_EVENTS = {"pos": ((0, 1), "pos"), "neg_t": ((1, 0), "pos"), "neg_s": ((0, 1), "neg_s")}
 
 # sound class -> nouns (singular subjects), verbs (3rd person singular, agree
 # with every noun), clauses (whole finite clauses: plurals, passives) and
@@ -175,12 +188,11 @@ def triplet_captions(rng, names, sectors, n=CAPTIONS_PER_ITEM):
     {"pos": (sa, sb), "neg_s": (sa2, sb2)} (event 0's, event 1's).
     -> {variant: (captions [n], plain captions [n])}; caption k of the three
     variants shares its frame and words."""
-    out = {v: ([], []) for v in ("pos", "neg_t", "neg_s")}
-    variants = {"pos": ((0, 1), "pos"), "neg_t": ((1, 0), "pos"), "neg_s": ((0, 1), "neg_s")}
+    out = {v: ([], []) for v in VARIANT_EVENTS}
     for _ in range(n):
         frame = FRAMES[rng.integers(len(FRAMES))]
         events = [draw_event(rng, nm) for nm in names]
-        for v, ((e1, e2), dset) in variants.items():
+        for v, ((e1, e2), dset) in VARIANT_EVENTS.items():
             out[v][0].append(render(frame, events[e1], events[e2], (sectors[dset][e1], sectors[dset][e2])))
             out[v][1].append(render(frame, events[e1], events[e2]))
     return out
@@ -191,3 +203,18 @@ def single_caption(rng, name, sector):
     frame = SINGLE_FRAMES[rng.integers(len(SINGLE_FRAMES))]
     ev = draw_event(rng, name)
     return render(frame, ev, ev, (sector, sector)), render(frame, ev, ev)
+
+
+def event_captions(rng, names, sectors, n=CAPTIONS_PER_ITEM):
+    """Single-event spatial captions of one item's two events (the event
+    slots' targets). names, sectors: as triplet_captions. -> {variant:
+    (first event's captions [n], second event's [n])}, first / second in that
+    variant's TIME order. Caption k of an event has one frame and wording in
+    all three variants; only its direction phrase follows the variant."""
+    words = [[(SINGLE_FRAMES[rng.integers(len(SINGLE_FRAMES))], draw_event(rng, nm)) for nm in names]
+             for _ in range(n)]
+    out = {}
+    for v, (order, dset) in VARIANT_EVENTS.items():
+        out[v] = tuple([render(frame, ev, ev, (sectors[dset][e], sectors[dset][e]))
+                        for frame, ev in (w[e] for w in words)] for e in order)
+    return out

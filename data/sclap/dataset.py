@@ -10,6 +10,9 @@ the same window, read at ``wave_rate``) and handed to the model as ``wave``;
 without one nothing of that is read or stored. Every caption of an item is
 kept: training draws one per item per epoch (the same index for pos, neg_t
 and neg_s), evaluation ranks them all (families/sclap/evaluation.py).
+With ``event_captions`` (the event slots, loss.event_weight > 0) an item also
+carries, per variant, the single-event captions of its first and second
+event (index k too, modulo their count); data without them are refused.
 """
 import hashlib
 import json
@@ -149,6 +152,22 @@ def cached_wave(root, rows, rate, clip_seconds, tag, cache_dir, read, extra=None
     return cached_array(path, compute)
 
 
+EVENT_FIELDS = ("manifest: columns event1_caption, event2_caption (event1_caption_2, ... for more); "
+                "stClotho: audio_segments[e].metadata.spatialized_caption")
+
+
+def check_event_captions(rows):
+    """Every row has its two events' single-event captions, or a UserDataError
+    naming the file and the field (the event slots never run without their targets)."""
+    for r in rows:
+        if r.get("event_captions") is None:
+            where = r.get("event_captions_missing") or f"{r['file_name']}: its event captions"
+            raise UserDataError(f"{where}: loss.event_weight > 0 (the event slots' loss) needs a "
+                                f"single-event caption of each clip's first and second event in "
+                                f"time order ({EVENT_FIELDS}); set loss.event_weight 0, or generate "
+                                f"data with data.captions diverse")
+
+
 def _pooled(fe, clip, T):
     """Features of one clip of any length, frames average-pooled to T. [1, 7, T, M]"""
     logmel, iv = fe(torch.from_numpy(clip)[None])
@@ -165,12 +184,16 @@ class STClothoDataset(Dataset):
     captions / plain_captions (3 strings each: caption k of every variant; k = 0
     outside training, drawn per item and epoch from item_rng in training);
     with ``wave_rate`` also wave [3, n] (the W channel at that rate, not
-    SpecAugment-ed)."""
+    SpecAugment-ed); with ``event_captions`` also event_captions (3 x 2
+    strings: each variant's first and second event, caption index k)."""
 
     def __init__(self, root, split, frontend_cfg, spec_augment=None, seed=0, with_single=False,
                  cache_dir=None, layout="manifest", long_clips="join", resample=True, log=print,
-                 wave_rate=None):
+                 wave_rate=None, event_captions=False):
         items, singles = read_split(root, layout, split)
+        self.event_captions = event_captions
+        if event_captions:
+            check_event_captions([it[v] for it in items for v in VARIANTS])
         self.items, self.root, self.layout = items, root, layout
         self.split, self.seed, self.epoch = split, seed, 0
         self.spec_augment = spec_augment if split == "train" else None
@@ -252,6 +275,9 @@ class STClothoDataset(Dataset):
         extra = {}
         if self.wave is not None:
             extra["wave"] = torch.from_numpy(np.array(self.wave[3 * i:3 * i + 3], dtype=np.float32))
+        if self.event_captions:
+            extra["event_captions"] = [[caps[k % len(caps)] for caps in it[v]["event_captions"]]
+                                       for v in VARIANTS]
         return {**extra, "feats": feats, "doa": torch.from_numpy(self.doa[i]),
                 "sectors": torch.from_numpy(self.sectors[i]),
                 "captions": [it[v]["captions"][k] for v in VARIANTS],
@@ -269,6 +295,11 @@ def collate(items):
     caps = [c for it in items for c in it["captions"]]
     plain = [c for it in items for c in it["plain_captions"]]
     extra = {"wave": torch.stack([it["wave"] for it in items])} if "wave" in items[0] else {}  # [B, 3, n]
+    if "event_captions" in items[0]:
+        # flat 6B strings, (item, variant, event) major: event 1 then event 2 of each clip
+        events = [c for it in items for two in it["event_captions"] for c in two]
+        extra["event_captions"] = events
+        extra["event_ids"] = torch.tensor([_text_id(c) for c in events]).view(-1, 3, 2)
     return {**extra, "feats": torch.stack([it["feats"] for it in items]),  # [B, 3, 7, T, M]
             "doa": torch.stack([it["doa"] for it in items]),           # [B, 3, 2, 3]
             "sectors": torch.stack([it["sectors"] for it in items]),   # [B, 3, 2]

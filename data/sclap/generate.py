@@ -18,6 +18,12 @@ so a config without the key means it); "diverse" is data/sclap/captions.py,
 which writes CAPTIONS_PER_ITEM captions a clip (caption, caption_2, ...). The
 diverse words come from their own RNG stream: the scene RNG draws exactly what
 it drew before, so the audio is the same under both.
+
+Under "diverse" every triplet row also has its two events' single-event
+spatial captions in that row's time order (EVENT_COLUMNS: event1_caption,
+event2_caption, event1_caption_2, ...; the event slots' targets,
+loss.event_weight), from a third stream (EVENT_CAPTION_SALT): the audio and
+every other caption are what they were before the columns existed.
 """
 import csv
 import multiprocessing
@@ -46,6 +52,9 @@ CAPTION_GRAMMARS = ("template", "diverse")
 CAPTION_SALT = 13   # the diverse grammar's stream: [gen_seed, split, index, CAPTION_SALT]
 EXTRA_COLUMNS = [f"{c}_{k}" for k in range(2, diverse.CAPTIONS_PER_ITEM + 1)
                  for c in ("caption", "plain_caption")]
+EVENT_CAPTION_SALT = 14   # the event captions' stream: [gen_seed, split, index, EVENT_CAPTION_SALT]
+EVENT_COLUMNS = [f"event{e}_caption" + (f"_{k}" if k > 1 else "")
+                 for k in range(1, diverse.CAPTIONS_PER_ITEM + 1) for e in (1, 2)]
 
 
 def caption_grammar(cfg):
@@ -61,6 +70,15 @@ def _caption_fields(caps, plains):
     out = {"caption": caps[0], "plain_caption": plains[0]}
     for k in range(1, len(caps)):
         out[f"caption_{k + 1}"], out[f"plain_caption_{k + 1}"] = caps[k], plains[k]
+    return out
+
+
+def _event_fields(first, second):
+    """event1_caption, event2_caption, event1_caption_2, ... of one row."""
+    out = {}
+    for k, (a, b) in enumerate(zip(first, second)):
+        tail = f"_{k + 1}" if k else ""
+        out[f"event1_caption{tail}"], out[f"event2_caption{tail}"] = a, b
     return out
 
 
@@ -145,6 +163,9 @@ def make_item(split, index, cfg):
     tmpl = int(rng.integers(len(SPATIAL_TEMPLATES)))
     phrases = [SOUND_CLASSES[nm][1][rng.integers(3)] for nm in names]
     rich = diverse.triplet_captions(cap_rng, names, sectors) if grammar == "diverse" else None
+    if rich is not None:
+        ev_rng = np.random.default_rng([cfg["gen_seed"], SPLIT_IDS[split], index, EVENT_CAPTION_SALT])
+        event_caps = diverse.event_captions(ev_rng, names, sectors)
 
     renders = {k: [room.render(events[e], *dirs[k][e], dists[e]) for e in range(2)] for k in dirs}
     # variant -> (order of events, direction set)
@@ -158,7 +179,7 @@ def make_item(split, index, cfg):
         s1, s2 = sectors[dset][e1], sectors[dset][e2]
         fname = f"{split}/{item_id}_{v}.wav"
         if rich is not None:
-            text = _caption_fields(*rich[v])
+            text = {**_caption_fields(*rich[v]), **_event_fields(*event_caps[v])}
         else:
             text = dict(caption=spatial_caption(tmpl, phrases[e1], s1, phrases[e2], s2),
                         plain_caption=plain_caption(tmpl, phrases[e1], phrases[e2]))
@@ -185,7 +206,7 @@ def generate(cfg, workers=1):
         raise ValueError(f"data.event_seconds {cfg['event_seconds']} and data.clip_seconds "
                          f"{cfg['clip_seconds']}: the longest event must fit in half a clip "
                          f"(event_seconds[1] < clip_seconds / 2 - 0.05) and clip_seconds > 2")
-    columns = MANIFEST_COLUMNS + (EXTRA_COLUMNS if caption_grammar(cfg) == "diverse" else [])
+    columns = MANIFEST_COLUMNS + (EXTRA_COLUMNS + EVENT_COLUMNS if caption_grammar(cfg) == "diverse" else [])
     jobs = []
     for split in ("train", "val", "test"):
         os.makedirs(os.path.join(cfg["dir"], split), exist_ok=True)

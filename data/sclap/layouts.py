@@ -9,8 +9,10 @@ Every reader returns one split as (items, singles): items are
 rows (zero-shot direction; the manifest layout only). A row holds
 file_name (relative to root), caption / captions (spatial, >= 1),
 plain_caption / plain_captions, event{1,2}_azimuth / _elevation (degrees,
-azimuth counter-clockwise from the front) and join_s (seconds where the
-second event starts, or None).
+azimuth counter-clockwise from the front), join_s (seconds where the
+second event starts, or None) and, for triplet rows, event_captions
+([first event's captions], [second event's]) in the row's time order, or
+None with event_captions_missing naming the file and the field.
 """
 from data.layout import Layout, detect_layout, exists
 from data.sclap import manifest, stclotho

@@ -7,7 +7,11 @@ event{1,2}_{class,azimuth,elevation,onset}; optionally caption_2 ... caption_N
 and plain_caption_2 ... (more captions of the same clip: Clotho has 5; a
 missing plain_caption_k reuses plain_caption). Event classes and onsets are
 optional (real data have none); an event2_onset, when given, places the
-window of a long clip (data/sclap/audio_io.py, ``join``).
+window of a long clip (data/sclap/audio_io.py, ``join``). Optional too:
+event1_caption, event2_caption (and event{1,2}_caption_k for more): a
+single-event caption of the row's first and second event in ITS time order,
+the event slots' targets (loss.event_weight > 0 needs them; a row without
+them has event_captions None and event_captions_missing saying where).
 
 Rows come back in the form every layout reader returns (data/sclap/layouts.py).
 """
@@ -34,6 +38,27 @@ def _float(row, key, path, line):
     except (TypeError, ValueError):
         raise ManifestError(f"{path}, line {line}: field {key!r} must be a number "
                             f"(degrees or seconds), got {row[key]!r}") from None
+
+
+def _event_captions(row, path, line, fields):
+    """([event 1's captions], [event 2's]) of a two-event row, or (None, where
+    the first missing one should be)."""
+    out = []
+    for e in (1, 2):
+        key = f"event{e}_caption"
+        if key not in fields:
+            return None, f"{path}: column {key!r} (not in the manifest)"
+        first = (row.get(key) or "").strip()
+        if not first:
+            return None, f"{path}, line {line}: field {key!r} (empty)"
+        caps = [first]
+        for k in range(2, len(row) + 2):
+            extra = (row.get(f"{key}_{k}") or "").strip()
+            if not extra:
+                break
+            caps.append(extra)
+        out.append(caps)
+    return out, None
 
 
 def read_manifest(root):
@@ -70,6 +95,8 @@ def read_manifest(root):
                                              or row["plain_captions"][0])
             onset = row.get("event2_onset") or ""
             row["join_s"] = _float(row, "event2_onset", path, line) if onset.strip() else None
+            row["event_captions"], row["event_captions_missing"] = (
+                (None, None) if n_events == 1 else _event_captions(row, path, line, reader.fieldnames))
             row["line"] = line
             rows.append(row)
     return rows

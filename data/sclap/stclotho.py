@@ -15,7 +15,10 @@ be FLAC or WAV. Each JSON holds ``temporal_spatial_caption`` [5] (the
 spatial-temporal captions of the whole clip) and ``audio_segments`` [2], each
 with ``metadata`` {``caption`` [5], ``azi``, ``ele``, ``ori_audio_duration``}.
 Plain captions (for L_sem) are T-SALM's: "<caption i of segment 0>, then
-<caption i of segment 1>." Our split "val" is their ``valid``.
+<caption i of segment 1>." The event slots' targets (loss.event_weight) are
+each segment's ``metadata.spatialized_caption`` [5], segment 0 first (the
+segments are in time order in every clip's own JSON, negatives included).
+Our split "val" is their ``valid``.
 """
 import json
 import os
@@ -103,13 +106,17 @@ def read_metadata(path, root):
         raise STClothoError(f"{path}: field 'audio_segments' must list the clip's 2 segments, got "
                             f"{len(segs) if isinstance(segs, list) else type(segs).__name__}")
     row = {"caption": spatial[0], "captions": spatial, "source": os.path.relpath(path, root)}
-    plain = []
+    plain, events, missing = [], [], None
     for e, seg in enumerate(segs):
         m = seg.get("metadata") if isinstance(seg, dict) else None
         where = f"audio_segments[{e}].metadata"
         if not isinstance(m, dict):
             raise STClothoError(f"{path}: field {where!r} missing")
         plain.append(_captions(m.get("caption"), path, f"{where}.caption"))
+        try:   # needed only by the event slots: the dataset names what is missing if asked for
+            events.append(_captions(m.get("spatialized_caption"), path, f"{where}.spatialized_caption"))
+        except STClothoError as err:
+            missing = missing or str(err)
         row[f"event{e + 1}_azimuth"] = _angle(m.get("azi"), path, f"{where}.azi")
         row[f"event{e + 1}_elevation"] = _angle(m.get("ele"), path, f"{where}.ele")
         row[f"event{e + 1}_class"] = ""                    # stClotho has no class labels
@@ -117,6 +124,7 @@ def read_metadata(path, root):
     row["plain_captions"] = [f"{a.rstrip('.!?')}, then {b}" + ("" if b[-1] in ".!?" else ".")
                              for a, b in zip(plain[0], plain[1])]
     row["plain_caption"] = row["plain_captions"][0]
+    row["event_captions"], row["event_captions_missing"] = (None, missing) if missing else (events, None)
     dur = segs[0]["metadata"].get("ori_audio_duration")
     row["join_s"] = float(dur) if isinstance(dur, (int, float)) and dur > 0 else None
     return row

@@ -24,6 +24,7 @@ import os
 
 from data.cache import UserDataError, check_user_folder, derived_dir, ensure_generated, resolve_root
 from data.sclap.audio_io import LONG_CLIPS
+from data.sclap.captions import VERSION as DIVERSE_VERSION
 from data.sclap.dataset import STClothoDataset, collate
 from data.sclap.generate import MANIFEST, caption_grammar, generate
 from data.sclap.layouts import LAYOUTS, detect
@@ -31,7 +32,7 @@ from families.sclap.evaluation import evaluate_sclap
 from losses.sclap_loss import SCLAPLoss
 from models.sclap.model import build_sclap
 from models.sclap.towers import is_tower
-from training.config import REPO_ROOT
+from training.config import REPO_ROOT, ConfigError
 
 FRONTEND_KEYS = ("sample_rate", "clip_seconds", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
 GEN_KEYS = ("num_train", "num_val", "num_test", "num_zeroshot", "gen_seed", "sample_rate",
@@ -43,10 +44,15 @@ def gen_params(cfg):
     marker tells all generated datasets apart. gen_workers only splits the
     work: each item has its own RNG, so it is not one of them. data.captions
     is left out when it is template (or missing: a config from before issue
-    13), so those data keep the marker and folder name they had."""
+    13), so those data keep the marker and folder name they had. Diverse data
+    also record the form of their manifest (data/sclap/captions.py VERSION;
+    2: the event caption columns), so a folder generated before the columns
+    existed is rebuilt, not read as if it had them."""
     params = {k: cfg["data"][k] for k in GEN_KEYS if k in cfg["data"]}
     if caption_grammar(params) == "template":
         params.pop("captions", None)
+    else:
+        params["diverse_grammar"] = DIVERSE_VERSION
     return params
 
 
@@ -129,8 +135,20 @@ def build_datasets(cfg):
     return {split: STClothoDataset(root, split, fe, spec_augment=aug, seed=cfg["seed"],
                                    with_single=split == "test", cache_dir=cache, layout=layout,
                                    long_clips=d["long_clips"], resample=d["resample"],
-                                   wave_rate=wave_rate(cfg))
+                                   wave_rate=wave_rate(cfg), event_captions=event_weight(cfg) > 0)
             for split in ("train", "val", "test")}
+
+
+def event_weight(cfg):
+    """loss.event_weight (a config from before the key: 0, no event loss); > 0
+    needs model.event_slots, whose slots it trains."""
+    w = float(cfg["loss"].get("event_weight", 0.0))
+    if w < 0:
+        raise ConfigError(f"loss.event_weight must be >= 0, got {w}")
+    if w > 0 and not cfg["model"].get("event_slots", False):
+        raise ConfigError(f"loss.event_weight {w} trains the event slots: it needs "
+                          f"--model.event_slots true")
+    return w
 
 
 LEGACY_TEXT_KEYS = {"text_model": "pretrained", "freeze_text_backbone": "freeze",
@@ -162,7 +180,8 @@ def build_criterion(cfg, rank=0, world_size=1):
     lc = cfg["loss"]
     return SCLAPLoss(lc["loss_weights"], lc["sem_start_epoch"], lc["ts_ramp_epochs"], lc["logit_clamp"],
                      local_loss=cfg.get("local_loss", False),
-                     gather_with_grad=cfg.get("gather_with_grad", False), rank=rank, world_size=world_size)
+                     gather_with_grad=cfg.get("gather_with_grad", False), rank=rank, world_size=world_size,
+                     event_weight=event_weight(cfg))
 
 
 def evaluate(model, criterion, dataset, cfg, device, out_dir=None, writer=None, step=0):

@@ -17,6 +17,12 @@ heldout_, on captions of data/sclap/heldout.py written from the split's
 event classes, azimuths and order (one caption an item and variant) and on
 its direction prompts for zero-shot. Data without event classes (T-SALM's
 stClotho, a user's manifest without them) get no heldout_ keys.
+
+Event slots (model.event_slots): every metric above uses the model's
+slot-structured embeddings (encode_audio / encode_text give them); with the
+event captions in the data (loss.event_weight > 0) also slot_order_acc_audio
+/ _text: the share of clips whose two slots match their own two event
+captions better in time order than swapped.
 """
 import os
 
@@ -32,7 +38,7 @@ from models.sclap.classical_doa import VERSION as CLASSICAL_DOA_VERSION
 from models.sclap.classical_doa import angular_error_deg, estimate_two_doas
 from training.evaluation import encode_split, retrieval
 
-ENCODE_KEYS = ("audio", "text", "doa", "mod_audio", "mod_text")
+ENCODE_KEYS = ("audio", "text", "doa", "mod_audio", "mod_text", "audio_slots", "text_slots", "event")
 
 
 def triplet_metrics(audio, text):
@@ -45,6 +51,20 @@ def triplet_metrics(audio, text):
             "temporal_acc_text": float((sim_a[:, 0] > sim_a[:, 1]).float().mean()),
             "spatial_acc_text": float((sim_a[:, 0] > sim_a[:, 2]).float().mean()),
             "threeway_acc": float((sim_t.argmax(1) == 0).float().mean())}
+
+
+def slot_order_metrics(e):
+    """Do the slots hold the events in time order? audio_slots, text_slots,
+    event [N, 3, 2, D]: clip i's slots k against its event captions c_k,
+    cos(s1, c1) + cos(s2, c2) > cos(s1, c2) + cos(s2, c1), over all 3N clips."""
+    c = F.normalize(e["event"].flatten(0, 1), dim=-1)                      # [3N, 2, D]
+    out = {}
+    for side in ("audio", "text"):
+        s = F.normalize(e[f"{side}_slots"].flatten(0, 1), dim=-1)         # [3N, 2, D]
+        sim = torch.einsum("nkd,njd->nkj", s, c)                           # [3N, 2, 2]
+        in_order = sim[:, 0, 0] + sim[:, 1, 1]
+        out[f"slot_order_acc_{side}"] = float((in_order > sim[:, 0, 1] + sim[:, 1, 0]).float().mean())
+    return out
 
 
 def logistic_probe_acc(audio, text, steps=200):
@@ -171,6 +191,8 @@ def evaluate_sclap(model, criterion, dataset, cfg, device, out_dir=None, writer=
     metrics = all_caption_metrics(audio, text, dataset, model, cfg, device)
     metrics.update(heldout_metrics(model, dataset, audio, cfg, device))
     metrics["gallery_size"] = audio.shape[0]
+    if "event" in e:
+        metrics.update(slot_order_metrics(e))
 
     target = dataset.doa.reshape(-1, 2, 3)
     metrics["doa_error_deg"] = float(angular_error_deg(e["doa"].numpy().reshape(-1, 2, 3), target).mean())

@@ -49,7 +49,9 @@ class TemporalAudioEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
 
-    def forward(self, fmap):
+    def forward(self, fmap, return_tokens=False):
+        """-> [B, D]; with return_tokens also the normalised chunk tokens
+        [B, n_chunks, D] (the event slots read them, models/sclap/slots.py)."""
         T = fmap.shape[2]
         if T < self.n_chunks:
             raise ValueError(f"feature map has {T} frames, fewer than n_chunks={self.n_chunks}")
@@ -57,7 +59,9 @@ class TemporalAudioEncoder(nn.Module):
         seq = torch.stack([fmap[:, :, k * chunk:(k + 1) * chunk].mean(dim=(2, 3))
                            for k in range(self.n_chunks)], dim=1)            # [B, n_chunks, C]
         h = self.transformer(self.proj(seq) + self.pos)                       # [B, n_chunks, D]
-        return self.mlp(self.norm(h).mean(dim=1))                             # [B, D]
+        tokens = self.norm(h)
+        out = self.mlp(tokens.mean(dim=1))                                    # [B, D]
+        return (out, tokens) if return_tokens else out
 
 
 class DOAHead(nn.Module):

@@ -12,6 +12,12 @@ channel at data.sample_rate), and 3 spatial + 3 plain captions per item ->
     plain    [B, 3, D]  plain captions (for L_sem)
     doa      [B, 3, 2, 3]
     mod_audio, mod_text [B, 3]  modality logits behind GradientReversal
+With event_slots (models/sclap/slots.py) audio and text are slot-structured,
+[B, 3, 3D] unit vectors normalize(cat(main, slot 1, slot 2)) (every loss,
+metric and zero-shot prompt sees them: encode_audio / encode_text give them),
+plus audio_slots, text_slots [B, 3, 2, D] and, when the batch has
+event_captions, event [B, 3, 2, D] (those captions' main text embeddings);
+plain stays the main text embedding [B, 3, D] (it meets sed in L_sem).
 Nothing here mixes samples; all cross-sample terms live in losses/sclap_loss.py.
 """
 import torch
@@ -20,6 +26,7 @@ import torch.nn.functional as F
 
 from losses.distributed import scale_grad
 from models.sclap.audio import AttentionDOAHead, ConvBranch, DOAHead, TemporalAudioEncoder
+from models.sclap.slots import AudioSlots, TextSlots, slot_structured
 from models.sclap.towers import (align_time, branch_map, branch_width, build_audio_branches, clip_span,
                                  is_tower, leading, spatial_input)
 from models.towers import build_text_encoder
@@ -73,20 +80,24 @@ class TextHead(nn.Module):
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, tokens, mask):
+    def forward(self, tokens, mask, return_tokens=False):
+        """-> [B, D]; with return_tokens also the token states [B, L, D] (the text slots read them)."""
         h = self.transformer(tokens + self.pos[:, :tokens.shape[1]], src_key_padding_mask=~mask)
         m = mask.unsqueeze(-1).to(h.dtype)
-        return self.out((h * m).sum(1) / m.sum(1).clamp_min(1.0))
+        out = self.out((h * m).sum(1) / m.sum(1).clamp_min(1.0))
+        return (out, h) if return_tokens else out
 
 
 class SCLAP(nn.Module):
     def __init__(self, embed_dim=256, channels=(32, 32, 64), freq_patch=8, use_temporal_encoder=True,
                  n_chunks=4, temporal_layers=2, temporal_heads=8, use_modality_classifier=True,
                  grl_lambda=1.0, n_events=2, doa_head="attention", doa_time_steps=8, doa_iv_skip=True,
-                 text_layers=1, dropout=0.1, audio=None, text=None, sample_rate=16000):
+                 text_layers=1, dropout=0.1, audio=None, text=None, sample_rate=16000,
+                 event_slots=False):
         """audio, text: the model.audio / model.text tower sections (null
         pretrained: the conv branches and the bundled MiniLM, frozen by
-        default); sample_rate: the rate of batch["wave"] (data.sample_rate)."""
+        default); sample_rate: the rate of batch["wave"] (data.sample_rate);
+        event_slots: slot-structured embeddings (models/sclap/slots.py)."""
         super().__init__()
         towers = build_audio_branches(audio, channels, freq_patch, sample_rate)
         if towers is None:
@@ -119,8 +130,16 @@ class SCLAP(nn.Module):
             text.setdefault("pooling_strategy", "mean")
         self.text_encoder = build_text_encoder(text, "model.text", embed_dim)
         self.text_head = TextHead(embed_dim, text_layers, dropout=dropout) if text_layers > 0 else None
-        self.modality_classifier = (ModalityClassifier(embed_dim, grl_lambda)
+        self.event_slots = bool(event_slots)
+        # the classifier sees the triplet embeddings: 3 * embed_dim when slot-structured
+        self.modality_classifier = (ModalityClassifier(embed_dim * (3 if self.event_slots else 1), grl_lambda)
                                     if use_modality_classifier else None)
+        if self.event_slots:   # built last: without them every other weight draws what it drew before
+            if self.temporal is None:
+                raise ValueError("model.event_slots reads the temporal encoder's chunk tokens: it "
+                                 "needs model.use_temporal_encoder true")
+            self.audio_slots = AudioSlots(embed_dim, n_chunks)
+            self.text_slots = TextSlots(embed_dim)
 
     @property
     def needs_wave(self):
@@ -161,15 +180,42 @@ class SCLAP(nn.Module):
                 sed_map, doa_map = leading(sed_map, in_tower), leading(doa_map, of_clip)
             if sed_map.shape[2:] != doa_map.shape[2:]:   # a tower's [N, C, T', 1] and a conv branch's map
                 doa_map = align_time(doa_map, sed_map.shape[2])
+            if self.event_slots:
+                temporal, chunks = self.temporal(torch.cat([sed_map, doa_map], dim=1), return_tokens=True)
+                audio = self.final_audio_projection(torch.cat([joint, temporal], dim=-1))
+                slots = self.audio_slots(chunks)                                # [N, 2, D]
+                return {"audio": slot_structured(audio, slots), "audio_slots": slots, "sed": sed,
+                        "joint": joint, "doa": doa_dir}
             temporal = self.temporal(torch.cat([sed_map, doa_map], dim=1))
             audio = self.final_audio_projection(torch.cat([joint, temporal], dim=-1))
         return {"audio": audio, "sed": sed, "joint": joint, "doa": doa_dir}
 
     def encode_text(self, captions):
+        """[N, D], or [N, 3D] slot-structured with event_slots."""
+        if self.event_slots:
+            main, slots = self.text_parts(captions)
+            return slot_structured(main, slots)
         out = self.text_encoder(captions)
         if self.text_head is None:
             return out.features
         return self.text_head(out.tokens, out.mask)            # [N, D]
+
+    def text_parts(self, captions, slots=True):
+        """(main text embedding [N, D], text slots [N, 2, D] or None)."""
+        out = self.text_encoder(captions)
+        if self.text_head is None:
+            main, tokens = out.features, out.tokens
+        else:
+            main, tokens = self.text_head(out.tokens, out.mask, return_tokens=True)
+        return main, (self.text_slots(tokens, out.mask) if slots and self.event_slots else None)
+
+    def encode_event_captions(self, captions):
+        """Main text embeddings [N, D] of single-event captions, each distinct
+        one encoded once (neg_t's two event captions are pos's, swapped)."""
+        where = {}
+        index = [where.setdefault(c, len(where)) for c in captions]
+        main, _ = self.text_parts(list(where), slots=False)
+        return main[torch.tensor(index, device=main.device)]
 
     def modality_logits(self, emb):
         return self.modality_classifier(F.normalize(emb, dim=-1))
@@ -179,8 +225,17 @@ class SCLAP(nn.Module):
         wave = batch["wave"].flatten(0, 1) if "wave" in batch else None   # [3B, n]
         a = self.encode_audio(batch["feats"].flatten(0, 1), wave)          # 3B clips, item-major
         out = {k: v.view(B, 3, *v.shape[1:]) for k, v in a.items()}
-        out["text"] = self.encode_text(batch["captions"]).view(B, 3, -1)
-        out["plain"] = self.encode_text(batch["plain_captions"]).view(B, 3, -1)
+        if self.event_slots:
+            main, slots = self.text_parts(batch["captions"])
+            out["text"] = slot_structured(main, slots).view(B, 3, -1)           # [B, 3, 3D]
+            out["text_slots"] = slots.view(B, 3, *slots.shape[1:])               # [B, 3, 2, D]
+            out["plain"] = self.text_parts(batch["plain_captions"], slots=False)[0].view(B, 3, -1)
+            if "event_captions" in batch:
+                ev = self.encode_event_captions(batch["event_captions"])         # [6B, D]
+                out["event"] = ev.view(B, 3, 2, -1)
+        else:
+            out["text"] = self.encode_text(batch["captions"]).view(B, 3, -1)
+            out["plain"] = self.encode_text(batch["plain_captions"]).view(B, 3, -1)
         if self.modality_classifier is not None:
             out["mod_audio"] = self.modality_logits(out["audio"])   # [B, 3]
             out["mod_text"] = self.modality_logits(out["text"])     # [B, 3]
