@@ -376,3 +376,38 @@ def test_a_config_without_the_keys_builds_todays_model(one_torch_thread):
     assert not model.event_slots and crit.event_weight == 0.0
     assert not any("slots" in n for n, _ in model.named_parameters())
     assert model.state_dict().keys() == fam.build_model(cfg).state_dict().keys()
+
+
+RUN = ["--family", "sclap", "--data.num_train", "8", "--data.num_val", "2", "--data.num_test", "2",
+       "--data.num_zeroshot", "2", "--data.gen_workers", "1", "--data.max_order", "2",
+       "--model.channels", "[8,8,16]", "--model.embed_dim", "32", "--model.temporal_heads", "4",
+       "--model.dropout", "0.0", "--precision", "fp32", "--workers", "0", "--batch-size", "4",
+       "--val-every", "2", "--save-every", "0", "--eval.figures", "false",
+       "--model.event_slots", "true", "--loss.event_weight", "0.5"]
+
+
+def test_slots_train_resume_and_evaluate_from_the_command_line(tmp_path, one_torch_thread):
+    """train_stage1 with the two keys: 4 steps straight = 2 steps, resume, 2 more
+    (validation at step 2 and 4 included); eval.py reports the slot keys."""
+    import eval as eval_script
+    import train_stage1
+    args = RUN + ["--data.root", str(tmp_path / "data"), "--logs", str(tmp_path / "logs")]
+    train_stage1.main(args + ["--name", "straight", "--max-steps", "4"])
+    train_stage1.main(args + ["--name", "halves", "--max-steps", "2"])
+    train_stage1.main(args + ["--name", "halves", "--max-steps", "4", "--resume", "latest"])
+    val = [json.loads(line) for line in open(tmp_path / "logs" / "halves" / "results.jsonl")]
+    assert [r["step"] for r in val] == [2, 4] and all("val/slot_order_acc_audio" in r for r in val)
+    ck = {n: torch.load(tmp_path / "logs" / n / "checkpoints" / "latest.pt", weights_only=False)
+          for n in ("straight", "halves")}
+    assert ck["halves"]["train_state"]["step"] == 4
+    assert any(k.startswith("audio_slots.") for k in ck["straight"]["model"])
+    for part in ("model", "criterion"):
+        for k, v in ck["straight"][part].items():
+            torch.testing.assert_close(ck["halves"][part][k], v, atol=1e-6, rtol=1e-5, msg=k)
+    out = tmp_path / "eval"
+    eval_script.main(["--checkpoint", str(tmp_path / "logs" / "straight" / "checkpoints" / "latest.pt"),
+                      "--out", str(out), "--device", "cpu"])
+    written = json.loads((out / "metrics.json").read_text())
+    for k in ("slot_order_acc_audio", "slot_order_acc_text", "temporal_acc", "heldout_temporal_acc",
+              "zeroshot_direction_acc"):
+        assert np.isfinite(written[k]), k
