@@ -11,6 +11,7 @@ by name."""
 import copy
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -18,13 +19,16 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import eval as eval_script
 import families.sclap as fam
+import train_stage1
 from data.cache import UserDataError
 from data.sclap import captions as C
 from data.sclap.dataset import STClothoDataset, collate
@@ -32,6 +36,7 @@ from data.sclap.generate import EVENT_COLUMNS, MANIFEST, generate
 from data.sclap.manifest import read_split as read_manifest_split
 from data.sclap.spatial import sector_of
 from data.sclap.stclotho import read_split as read_stclotho_split
+from families.sclap.evaluation import slot_order_metrics
 from losses.clip_loss import ClipLoss
 from losses.sclap_loss import SCLAPLoss, event_loss
 from models.sclap.model import SCLAP
@@ -174,8 +179,6 @@ def test_the_diverse_folder_is_renamed_the_template_one_kept():
 
 
 def _old_family():
-    import importlib.util
-    import tempfile
     src = subprocess.run(["git", "show", f"{BEFORE}:families/sclap/__init__.py"], cwd=REPO_ROOT,
                          capture_output=True, text=True, check=True).stdout
     path = os.path.join(tempfile.mkdtemp(), "old_sclap_family_slots.py")
@@ -298,6 +301,16 @@ def test_every_trainable_parameter_gets_a_gradient(w_evt, with_events, one_torch
     assert ("loss_evt" in logs) == with_events
 
 
+def test_slot_order_metrics_count_clips_whose_slots_hold_the_events_in_order():
+    g = torch.Generator().manual_seed(5)
+    event = torch.randn(4, 3, 2, 16, generator=g)
+    audio = event.clone()
+    audio[:3] = audio[:3].flip(2)                        # 3 of 4 items: every clip's slots swapped
+    text = event + 0.01 * torch.randn(4, 3, 2, 16, generator=g)
+    m = slot_order_metrics({"event": event, "audio_slots": audio, "text_slots": text})
+    assert m["slot_order_acc_audio"] == pytest.approx(3 / 12) and m["slot_order_acc_text"] == 1.0
+
+
 def test_stclotho_event_captions_come_from_the_segments_in_time_order(tmp_path):
     numbers = make_stclotho(str(tmp_path), splits=(("train", 2),), sr=8000, seg_s=(1.0, 1.0))
     items, _ = read_stclotho_split(str(tmp_path), "train")
@@ -389,8 +402,6 @@ RUN = ["--family", "sclap", "--data.num_train", "8", "--data.num_val", "2", "--d
 def test_slots_train_resume_and_evaluate_from_the_command_line(tmp_path, one_torch_thread):
     """train_stage1 with the two keys: 4 steps straight = 2 steps, resume, 2 more
     (validation at step 2 and 4 included); eval.py reports the slot keys."""
-    import eval as eval_script
-    import train_stage1
     args = RUN + ["--data.root", str(tmp_path / "data"), "--logs", str(tmp_path / "logs")]
     train_stage1.main(args + ["--name", "straight", "--max-steps", "4"])
     train_stage1.main(args + ["--name", "halves", "--max-steps", "2"])
