@@ -164,8 +164,8 @@ def check_event_captions(rows):
             where = r.get("event_captions_missing") or f"{r['file_name']}: its event captions"
             raise UserDataError(f"{where}: loss.event_weight > 0 (the event slots' loss) needs a "
                                 f"single-event caption of each clip's first and second event in "
-                                f"time order ({EVENT_FIELDS}); set loss.event_weight 0, or generate "
-                                f"data with data.captions diverse")
+                                f"time order ({EVENT_FIELDS}; the generator writes them under "
+                                f"data.captions diverse); or set loss.event_weight 0")
 
 
 def _pooled(fe, clip, T):

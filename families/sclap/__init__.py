@@ -14,6 +14,11 @@ ClapModel / ClapAudioModel, e.g. laion/clap-htsat-unfused, or an ASTModel)
 puts the checkpoint's audio tower on the W waveform, which the dataset then
 hands the model beside the features (models/sclap/towers.py);
 ``--model.text.pretrained DIR`` takes its text tower or any AutoModel.
+Event slots (issue 13): ``--model.event_slots true --loss.event_weight 0.5``
+gives each side two event vectors (models/sclap/slots.py) trained against
+the single-event caption of each clip's first and second event (L_evt,
+losses/sclap_loss.py); the data must carry those captions (generated diverse
+data do; data/sclap/manifest.py, stclotho.py), or training is refused.
 The pieces live in data/sclap/ (generator, dataset, collate), models/sclap/
 (front end, encoders, classical DOA), losses/sclap_loss.py and
 families/sclap/evaluation.py; this module only wires them to the loop.
