@@ -89,3 +89,13 @@ def test_stage2_keys_are_in_the_schema_for_every_family():
         assert cfg["stage2"]["pct_start"] == 0.3 and "frozen_epochs" in cfg["stage2"]
     with pytest.raises(ConfigError, match="stage2.pct_startt"):
         load_config(["--config", TINY_YAML, "--stage2.pct_startt", "0.3"])
+
+
+def test_a_key_the_yaml_leaves_null_stays_nullable_after_a_preset():
+    cfg = load_config(["--family", "radar", "--preset", "quick"])
+    assert cfg["model"]["text"]["dropout"] == 0.0            # the preset's value
+    cfg = load_config(["--family", "radar", "--preset", "quick", "--model.text.dropout", "null"])
+    assert cfg["model"]["text"]["dropout"] is None           # the YAML's null: the checkpoint's own
+    # a key the YAML gives a number does not become nullable
+    with pytest.raises(ConfigError, match="model.embed_dim expects an integer"):
+        load_config(["--family", "radar", "--preset", "quick", "--model.embed_dim", "null"])

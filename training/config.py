@@ -274,6 +274,9 @@ def load_config(argv, defaults=None):
         cfg["family"] = family
     if not cfg.get("family"):
         raise ConfigError(f"{path}: field 'family' missing (or pass --family)")
+    # keys the YAML leaves null stay nullable from the command line after a
+    # preset gave them a value (``--model.text.dropout null`` after quick's 0.0)
+    nullable = {k for k in _flat_keys(cfg) if get_dotted(cfg, k) is None}
     preset = opts.get("preset")
     if preset is not None:
         if preset not in presets:
@@ -282,6 +285,10 @@ def load_config(argv, defaults=None):
             set_dotted(cfg, k, v, f"{path} preset {preset!r}")
     for key, value in pairs:
         if key in ("family", "config", "preset"):
+            continue
+        if value is None and key in nullable:
+            parent = get_dotted(cfg, key.rsplit(".", 1)[0]) if "." in key else cfg
+            parent[key.rsplit(".", 1)[-1]] = None
             continue
         set_dotted(cfg, key, value, "command line")
     cfg["preset"] = preset
