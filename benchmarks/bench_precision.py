@@ -82,7 +82,7 @@ def bench_family(name, args, thread_counts):
         _, cmod, copt, _ = family_setup(name, args.preset, args.overrides, True,
                                         args.torchcompile_backend)
         setups["compiled"] = (cmod, copt)
-    rows = [(mode, p, t) for mode in setups for p in PRECISIONS for t in thread_counts]
+    rows = [(mode, p, t) for mode in setups for p in args.precisions for t in thread_counts]
     times = {r: [] for r in rows}
     warm = {}                                   # (mode, precision) -> its first two steps, s
     for mode, p, t in rows:                     # warm-up (and compilation) outside the timing
@@ -114,10 +114,11 @@ def bench_family(name, args, thread_counts):
     auto_row = ("eager", auto, min(thread_counts, key=lambda t: abs(t - threads)))
     best = min((r for r in med if r[0] == "eager"), key=med.get)   # auto chooses among these
     noise = (max(times[best]) - min(times[best])) / med[best]
-    ratio = med[auto_row] / med[best]
-    verdict = "the fastest" if auto_row == best else (
-        f"within noise of the fastest ({ratio:.2f}x, noise {noise:.0%})" if ratio - 1 <= max(noise, 0.05)
-        else f"NOT the fastest: {ratio:.2f}x the fastest row {best}")
+    ratio = med[auto_row] / med[best] if auto_row in med else float("nan")
+    verdict = ("not timed (--precisions leaves it out)" if auto_row not in med
+               else "the fastest" if auto_row == best else
+               f"within noise of the fastest ({ratio:.2f}x, noise {noise:.0%})" if ratio - 1 <= max(noise, 0.05)
+               else f"NOT the fastest: {ratio:.2f}x the fastest row {best}")
     print(f"  auto picks {auto} with {auto_row[2]} threads beside {workers} DataLoader workers "
           f"({why}): {verdict}")
     if args.torchcompile:
@@ -131,7 +132,7 @@ def print_compile_table(name, args, med, times, warm, thread_counts):
     print(f"  {name}: eager vs --torchcompile ({args.torchcompile_backend}), ms per step")
     print(f"  {'precision':10s}{'threads':>8s}{'eager':>9s}{'compiled':>10s}{'compiled/eager':>16s}"
           f"{'compile s':>11s}  faster")
-    for p in PRECISIONS:
+    for p in args.precisions:
         for t in thread_counts:
             e, c = med[("eager", p, t)], med[("compiled", p, t)]
             compile_s = (f"{warm[('compiled', p)] - 2 * med[('compiled', p, thread_counts[0])]:.1f}"
@@ -150,10 +151,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", default=None, help="comma list (default: 1..cores)")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS),
+                    help=f"comma list of {', '.join(PRECISIONS)} (default: all; each compiles anew "
+                         "with --torchcompile)")
     ap.add_argument("--torchcompile", action="store_true")
     ap.add_argument("--torchcompile-backend", default="inductor",
                     help="inductor (what training uses by default) | aot_eager | ...")
     args, args.overrides = ap.parse_known_args()
+    args.precisions = args.precisions.split(",")
+    unknown = sorted(set(args.precisions) - set(PRECISIONS))
+    if unknown:
+        ap.error(f"--precisions: unknown {unknown}; expected some of {list(PRECISIONS)}")
     cores = available_cores()
     thread_counts = ([int(t) for t in args.threads.split(",")] if args.threads
                      else list(range(1, cores + 1)))
