@@ -180,14 +180,12 @@ class SCLAP(nn.Module):
                 sed_map, doa_map = leading(sed_map, in_tower), leading(doa_map, of_clip)
             if sed_map.shape[2:] != doa_map.shape[2:]:   # a tower's [N, C, T', 1] and a conv branch's map
                 doa_map = align_time(doa_map, sed_map.shape[2])
+            temporal, chunks = self.temporal(torch.cat([sed_map, doa_map], dim=1), return_tokens=True)
+            audio = self.final_audio_projection(torch.cat([joint, temporal], dim=-1))
             if self.event_slots:
-                temporal, chunks = self.temporal(torch.cat([sed_map, doa_map], dim=1), return_tokens=True)
-                audio = self.final_audio_projection(torch.cat([joint, temporal], dim=-1))
                 slots = self.audio_slots(chunks)                                # [N, 2, D]
                 return {"audio": slot_structured(audio, slots), "audio_slots": slots, "sed": sed,
                         "joint": joint, "doa": doa_dir}
-            temporal = self.temporal(torch.cat([sed_map, doa_map], dim=1))
-            audio = self.final_audio_projection(torch.cat([joint, temporal], dim=-1))
         return {"audio": audio, "sed": sed, "joint": joint, "doa": doa_dir}
 
     def encode_text(self, captions):
