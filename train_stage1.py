@@ -32,7 +32,7 @@ from training.data import ResumableDistributedSampler, to_device
 from training.distributed import all_reduce_mean, barrier, cleanup, init_distributed
 from training.logger import RunLogger, peak_memory_mb, to_float
 from training.optim import build_optimizer, build_scheduler, sync_lr
-from training.precision import autocast as make_autocast, grad_scaler, resolve_precision
+from training.precision import autocast as make_autocast, grad_scaler, resolve_attention, resolve_precision
 from training.resources import apply_thread_budget
 from training.state import TrainState, restore_state, resume_config, save_state, seed_everything, \
     seed_micro_batch
@@ -64,7 +64,9 @@ def setup(argv):
             cfg, lines = resume_config(ckpt["config"], cfg, cli_keys(argv))
             say(info, f"resuming from {path} (step {ckpt['train_state']['step']})", *lines)
     cfg["precision"], why = resolve_precision(cfg["precision"], info.device)
-    say(info, f"precision: {cfg['precision']} ({why})", apply_thread_budget(cfg))
+    kernel, why_kernel = resolve_attention(cfg.get("attention", "auto"), cfg["precision"], info.device)
+    say(info, f"precision: {cfg['precision']} ({why}); attention kernel: {kernel} ({why_kernel})",
+        apply_thread_budget(cfg))
     seed_everything(cfg["seed"])  # the same initial weights on every rank
     return cfg, info, run_dir, ckpt
 
@@ -237,7 +239,7 @@ def validate(family, module, cfg, datasets, info, state, logger):
     criterion = family.build_criterion(cfg, 0, 1).to(info.device)
     criterion.load_state_dict(module.criterion.state_dict())
     criterion.eval()
-    autocast = make_autocast(cfg["precision"], info.device)
+    autocast = make_autocast(cfg["precision"], info.device, cfg.get("attention", "auto"))
     total, n = 0.0, 0
     for batch in make_loader(datasets["val"], family.collate, cfg, info, cfg["batch_size"]):
         batch = to_device(batch, info.device)
@@ -287,7 +289,7 @@ def main(argv=None):
     optimizer, _ = build_optimizer({"model": model, "criterion": criterion}, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     scaler = grad_scaler(cfg["precision"], info.device)
-    autocast = make_autocast(cfg["precision"], info.device)
+    autocast = make_autocast(cfg["precision"], info.device, cfg.get("attention", "auto"))
     state = TrainState()
     objects = {"model": model, "criterion": criterion, "optimizer": optimizer,
                "scheduler": scheduler, "scaler": scaler, "sampler": sampler, "train_state": state}

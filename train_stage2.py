@@ -244,7 +244,7 @@ def main(argv=None):
     manager = CheckpointManager(ckpt_dir, cfg["keep_last"], max(1, cfg["keep_best"]),
                                 s2["monitor_mode"])
     loader = make_train_loader(datasets["train"], parts["collate"], cfg)
-    autocast = make_autocast(cfg["precision"], device)
+    autocast = make_autocast(cfg["precision"], device, cfg.get("attention", "auto"))
     scaler = grad_scaler(cfg["precision"], device)
     state, commit = TrainState(), git_commit()
 

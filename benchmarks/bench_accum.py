@@ -54,7 +54,7 @@ def main():
     module = ModelAndLoss(family.build_model(cfg), family.build_criterion(cfg, 0, 1)).to(device)
     module.train()
     opt, _ = build_optimizer({"model": module.model, "criterion": module.criterion}, cfg)
-    autocast = make_autocast(cfg["precision"], device)
+    autocast = make_autocast(cfg["precision"], device, cfg.get("attention", "auto"))
     scaler = grad_scaler(cfg["precision"], device)
     B, K = cfg["batch_size"], args.accum
     info = DistInfo(device=device)

@@ -4,6 +4,7 @@
     python benchmarks/bench_precision.py --families radar,sclap --rounds 5
     python benchmarks/bench_precision.py --torchcompile        # compiled towers as extra rows
     python benchmarks/bench_precision.py --torchcompile --torchcompile-backend aot_eager
+    python benchmarks/bench_precision.py --attention default,math --precisions amp_bf16
 
 For each family (its ``quick`` preset; the first run generates that preset's
 data, as training would) one model takes full training steps (forward,
@@ -18,7 +19,10 @@ fastest within noise (the spread of the rows' own rounds). With
 (training/compile.py); its rows follow the eager ones, and a second table
 puts eager and compiled side by side per precision and thread count, with
 the compile time (the first two steps of each precision, less two timed
-steps) and which one is faster.
+steps) and which one is faster. ``--attention`` (a comma list of default,
+math, auto) times every row once per attention kernel (config key
+``attention``, training/precision.py); without it each row runs the family's
+own setting.
 """
 import argparse
 import os
@@ -36,7 +40,8 @@ from training.compile import compile_towers  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.data import to_device  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
-from training.precision import autocast as make_autocast, cpu_flags, grad_scaler, resolve_precision  # noqa: E402
+from training.precision import (autocast as make_autocast, cpu_flags, grad_scaler,  # noqa: E402
+                                resolve_attention, resolve_precision)
 from training.resources import apply_thread_budget, available_cores, thread_budget  # noqa: E402
 
 PRECISIONS = ("fp32", "amp_bf16", "amp")
@@ -66,9 +71,9 @@ def family_setup(name, preset, overrides, torchcompile, backend="inductor"):
     return cfg, module, opt, batch
 
 
-def one_step(module, opt, batch, precision):
+def one_step(module, opt, batch, precision, attention="auto"):
     device = torch.device("cpu")
-    autocast, scaler = make_autocast(precision, device), grad_scaler(precision, device)
+    autocast, scaler = make_autocast(precision, device, attention), grad_scaler(precision, device)
     opt.zero_grad(set_to_none=True)
     forward_backward(module, module, [batch], 0, autocast, scaler, device)
     scaler.step(opt)
@@ -82,36 +87,45 @@ def bench_family(name, args, thread_counts):
         _, cmod, copt, _ = family_setup(name, args.preset, args.overrides, True,
                                         args.torchcompile_backend)
         setups["compiled"] = (cmod, copt)
-    rows = [(mode, p, t) for mode in setups for p in args.precisions for t in thread_counts]
+    kernels = args.attention or [cfg.get("attention", "auto")]
+    rows = [(mode, p, t) + ((a,) if args.attention else ())
+            for mode in setups for p in args.precisions for t in thread_counts for a in kernels]
+    kernel = lambda r: r[3] if args.attention else kernels[0]   # noqa: E731
     times = {r: [] for r in rows}
     warm = {}                                   # (mode, precision) -> its first two steps, s
-    for mode, p, t in rows:                     # warm-up (and compilation) outside the timing
+    for r in rows:                              # warm-up (and compilation) outside the timing
+        mode, p, t = r[:3]
         torch.set_num_threads(t)
         t0 = time.perf_counter()
         for _ in range(2):
-            one_step(*setups[mode], batch, p)
+            one_step(*setups[mode], batch, p, kernel(r))
         warm.setdefault((mode, p), time.perf_counter() - t0)
     for _ in range(args.rounds):
         for r in rows:
-            mode, p, t = r
+            mode, p, t = r[:3]
             torch.set_num_threads(t)
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                one_step(*setups[mode], batch, p)
+                one_step(*setups[mode], batch, p, kernel(r))
             times[r].append((time.perf_counter() - t0) / args.steps)
     med = {r: statistics.median(v) for r, v in times.items()}
     best = min(med, key=med.get)
     print(f"\n{name} (quick preset, batch {cfg['batch_size']}), ms per training step, "
           f"median of {args.rounds} rounds x {args.steps} steps")
-    print(f"  {'mode':9s}{'precision':10s}{'threads':>8s}{'ms/step':>10s}{'spread':>9s}{'x fastest':>11s}")
+    print(f"  {'mode':9s}{'precision':10s}{'threads':>8s}" + ("  attention" if args.attention else "")
+          + f"{'ms/step':>10s}{'spread':>9s}{'x fastest':>11s}")
     for r in rows:
         spread = (max(times[r]) - min(times[r])) / med[r]
-        print(f"  {r[0]:9s}{r[1]:10s}{r[2]:8d}{1e3 * med[r]:10.1f}{spread:9.0%}{med[r] / med[best]:11.2f}")
+        print(f"  {r[0]:9s}{r[1]:10s}{r[2]:8d}" + (f"  {r[3]:9s}" if args.attention else "")
+              + f"{1e3 * med[r]:10.1f}{spread:9.0%}{med[r] / med[best]:11.2f}")
     auto, why = resolve_precision("auto", "cpu")
     workers = cfg.get("workers")
     plan = thread_budget(workers=None if workers in (None, "auto") else int(workers))
     threads, workers = plan["threads"], plan["workers"]
     auto_row = ("eager", auto, min(thread_counts, key=lambda t: abs(t - threads)))
+    if args.attention:   # the kernel the family's own setting resolves to with that precision
+        k = resolve_attention(cfg.get("attention", "auto"), auto, "cpu")[0]
+        auto_row += (k if k in kernels else "auto" if "auto" in kernels else k,)
     best = min((r for r in med if r[0] == "eager"), key=med.get)   # auto chooses among these
     noise = (max(times[best]) - min(times[best])) / med[best]
     ratio = med[auto_row] / med[best] if auto_row in med else float("nan")
@@ -119,7 +133,8 @@ def bench_family(name, args, thread_counts):
                else "the fastest" if auto_row == best else
                f"within noise of the fastest ({ratio:.2f}x, noise {noise:.0%})" if ratio - 1 <= max(noise, 0.05)
                else f"NOT the fastest: {ratio:.2f}x the fastest row {best}")
-    print(f"  auto picks {auto} with {auto_row[2]} threads beside {workers} DataLoader workers "
+    print(f"  auto picks {auto} with {auto_row[2]} threads beside {workers} DataLoader workers"
+          + (f" and attention {auto_row[3]}" if args.attention else "") + " "
           f"({why}): {verdict}")
     if args.torchcompile:
         print_compile_table(name, args, med, times, warm, thread_counts)
@@ -155,10 +170,15 @@ def main():
                     help=f"comma list of {', '.join(PRECISIONS)} (default: all; each compiles anew "
                          "with --torchcompile)")
     ap.add_argument("--torchcompile", action="store_true")
+    ap.add_argument("--attention", default=None,
+                    help="comma list of default, math, auto: every row once per attention kernel")
     ap.add_argument("--torchcompile-backend", default="inductor",
                     help="inductor (what training uses by default) | aot_eager | ...")
     args, args.overrides = ap.parse_known_args()
     args.precisions = args.precisions.split(",")
+    args.attention = args.attention.split(",") if args.attention else None
+    if args.attention and args.torchcompile:
+        ap.error("--attention and --torchcompile: one at a time")
     unknown = sorted(set(args.precisions) - set(PRECISIONS))
     if unknown:
         ap.error(f"--precisions: unknown {unknown}; expected some of {list(PRECISIONS)}")

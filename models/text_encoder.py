@@ -64,6 +64,44 @@ def resolve_model_path(model_name):
         ) from e
 
 
+def length_groups(lengths, max_groups=4, group_cost=16):
+    """Split a batch into at most ``max_groups`` groups of captions of similar
+    length, each to be padded to its own longest: [[index, ...], ...].
+
+    Contiguous groups of the length-sorted batch minimising the padded tokens
+    (an exact dynamic programme over the distinct lengths), plus ``group_cost``
+    tokens for every group beyond the first (a call's fixed cost), so a batch
+    of near-equal lengths stays one group."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if not order or max_groups <= 1:
+        return [order]
+    values = sorted(set(lengths))                       # a group ends at one of these
+    count = [0] * (len(values) + 1)                     # count[k]: captions shorter than values[k]
+    for length in lengths:
+        count[values.index(length) + 1] += 1
+    for k in range(len(values)):
+        count[k + 1] += count[k]
+    m, inf = len(values), float("inf")
+    # best[g][j]: the captions of the j shortest lengths in g groups; the last
+    # group (lengths i .. j-1) costs its size x its longest
+    best = [[inf] * (m + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (m + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0
+    for g in range(1, max_groups + 1):
+        for j in range(1, m + 1):
+            for i in range(g - 1, j):
+                c = best[g - 1][i] + (count[j] - count[i]) * values[j - 1]
+                if c < best[g][j]:
+                    best[g][j], cut[g][j] = c, i
+    g = min(range(1, min(max_groups, m) + 1), key=lambda k: best[k][m] + (k - 1) * group_cost)
+    groups, j = [], m
+    while g > 0:
+        i = cut[g][j]
+        groups.append(order[count[i]:count[j]])
+        j, g = i, g - 1
+    return groups[::-1]
+
+
 class TextEncoder(nn.Module):
     def __init__(self, model_name=None, embed_dim=256, max_length=77, pooling_strategy="mean",
                  freeze_backbone=True, unfreeze_last_n=0, cache_features=True,
@@ -105,6 +143,7 @@ class TextEncoder(nn.Module):
         self.head = OrderHead(self.hidden_size, head_layers, head_heads, head_dim,
                               max_length) if head_layers else None
         self.token_dropout = float(token_dropout)
+        self.length_buckets = 4   # trained layers on cached states: at most this many length groups (1: one)
         if grad_checkpointing:
             self.set_grad_checkpointing(True)
 
@@ -192,15 +231,36 @@ class TextEncoder(nn.Module):
 
     def _last_layers(self, hidden, attention_mask):
         """The trainable layers on the cached prefix states: hidden [B, L, H],
-        attention_mask [B, L] (the tokenizer's) -> last hidden [B, L, H], pooled."""
+        attention_mask [B, L] (the tokenizer's) -> last hidden [B, L, H], pooled.
+
+        A batch padded to its longest caption spends a third of these layers on
+        padding (radar's captions: 17 tokens on average, 30 at most), so the
+        captions run in up to ``length_buckets`` groups of similar length, each
+        padded to its own longest (``length_groups``). A caption's states do not
+        depend on its padding (the mask hides it); padded positions come back as
+        zeros, which every reader masks out."""
+        lengths = attention_mask.sum(1)
+        groups = length_groups(lengths.tolist(), self.length_buckets)
+        if len(groups) == 1:
+            hidden = self._layers(hidden, attention_mask)
+        else:
+            out = hidden.new_zeros(hidden.shape)
+            for idx in groups:
+                n = int(lengths[idx].max())
+                sel = torch.as_tensor(idx, device=hidden.device)
+                out[sel, :n] = self._layers(hidden[sel, :n], attention_mask[sel, :n]).to(out.dtype)
+            hidden = out
+        pooled = self.backbone.pooler(hidden) if self.pooling_strategy == "pooler" else None
+        return hidden, pooled
+
+    def _layers(self, hidden, attention_mask):
         attn = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden,
                                          attention_mask=attention_mask)
         for layer in self.backbone.encoder.layer[self.prefix_layers:]:
             hidden = layer(hidden, attn)
             if isinstance(hidden, tuple):   # older transformers return (states, ...)
                 hidden = hidden[0]
-        pooled = self.backbone.pooler(hidden) if self.pooling_strategy == "pooler" else None
-        return hidden, pooled
+        return hidden
 
     @torch.no_grad()
     def precompute(self, captions):

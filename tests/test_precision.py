@@ -4,7 +4,7 @@ import contextlib
 import pytest
 import torch
 
-from training.precision import autocast, cpu_flags, grad_scaler, resolve_precision
+from training.precision import autocast, cpu_flags, grad_scaler, resolve_attention, resolve_precision
 from training.resources import apply_thread_budget, available_cores, thread_budget
 
 AVX2_ONLY = {"fpu", "sse2", "avx", "avx2", "fma"}            # the AMD EPYC of issue 12
@@ -94,3 +94,46 @@ def test_apply_thread_budget_follows_the_affinity_mask(monkeypatch):
         assert torch.get_num_threads() == 1 and "1 cores available" in line
     finally:
         torch.set_num_threads(before)
+
+
+def test_attention_auto_is_math_only_under_cpu_bf16():
+    assert resolve_attention("auto", "amp_bf16", "cpu")[0] == "math"
+    for precision in ("fp32", "amp"):
+        assert resolve_attention("auto", precision, "cpu")[0] == "default"
+    for precision in ("amp_bf16", "amp", "fp32"):
+        assert resolve_attention("auto", precision, "cuda")[0] == "default"
+    for explicit in ("default", "math"):
+        assert resolve_attention(explicit, "amp_bf16", "cpu") == (explicit, "set explicitly")
+    with pytest.raises(ValueError, match="attention"):
+        resolve_attention("flash", "fp32", "cpu")
+
+
+def _sdpa_step(precision, attention):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 8, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 9, 9, dtype=torch.bool)
+    mask[1, ..., 6:] = False   # padded keys, as a text batch has
+    with autocast(precision, torch.device("cpu"), attention)():
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out.float().square().sum().backward()
+    return out.float(), [t.grad for t in (q, k, v)]
+
+
+def test_attention_kernels_agree_and_math_is_the_one_run(monkeypatch):
+    # fp32: the math kernel and PyTorch's default give the same outputs and gradients
+    (a, ga), (b, gb) = _sdpa_step("fp32", "default"), _sdpa_step("fp32", "math")
+    assert torch.allclose(a, b, atol=1e-5)
+    assert all(torch.allclose(x, y, atol=1e-4) for x, y in zip(ga, gb))
+    # and "math" is really the kernel in force inside the context (the fused
+    # flash kernel disabled), also with bf16 autocast
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.flash_sdp_enabled())
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    c, _ = _sdpa_step("amp_bf16", "math")
+    _sdpa_step("amp_bf16", "default")
+    assert seen == [False, True]
+    assert (c - a).abs().max() < 0.05   # bf16 of the same numbers

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from families.radar.text_cache import build_text_cache, load_text_cache, text_cache_enabled, text_cache_path
-from models.text_encoder import TextEncoder
+from models.text_encoder import TextEncoder, length_groups
 from tests.test_text_head import CAPS, save_tiny_bert
 
 LAYERS = 3
@@ -129,3 +129,58 @@ def test_grad_checkpointing_on_the_last_layers_gives_the_same_gradients(bert):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for k in grads[0]:
         assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
+
+
+def _padded(groups, lengths):
+    return sum(len(g) * max(lengths[i] for i in g) for g in groups)
+
+
+def _partitions(values, k):
+    """Every split of the sorted list ``values`` into at most k contiguous groups."""
+    if k == 1 or len(values) <= 1:
+        yield [values]
+        return
+    yield [values]
+    for cut in range(1, len(values)):
+        for rest in _partitions(values[cut:], k - 1):
+            yield [values[:cut]] + rest
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_length_groups_are_the_cheapest_split(seed):
+    import random
+    rng = random.Random(seed)
+    lengths = [rng.randint(3, 30) for _ in range(rng.randint(1, 12))]
+    for max_groups, cost in ((1, 16), (3, 0), (4, 5)):
+        groups = length_groups(lengths, max_groups, cost)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        assert 1 <= len(groups) <= max_groups
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        best = min(_padded(p, lengths) + (len(p) - 1) * cost for p in _partitions(order, max_groups))
+        assert _padded(groups, lengths) + (len(groups) - 1) * cost == best
+
+
+def test_length_groups_run_the_same_states_and_gradients(bert):
+    # short and long captions: padding all to the longest would waste more than
+    # a group's cost, so the trained layers run in groups
+    caps = ["run", "sit", "jump up", "a person walks forward then jumps and turns around twice",
+            "someone waves, then sits down slowly on the floor and waits", "wave"]
+    grouped, single = (_pair(bert, 2, "mean", dropout=0.0)[0] for _ in range(2))   # train mode, no dropout
+    single.length_buckets = 1
+    lengths = grouped.tokenize(caps)["attention_mask"].sum(1).tolist()
+    assert len(length_groups(lengths, grouped.length_buckets)) > 1
+    calls = []
+    real = grouped._layers
+    grouped._layers = lambda h, m: calls.append(h.shape[1]) or real(h, m)
+    grouped.train(), single.train()
+    a, b = grouped(caps), single(caps)
+    assert len(calls) > 1 and max(calls) == max(lengths) and min(calls) < max(lengths)
+    assert torch.allclose(a.features, b.features, atol=1e-5)
+    assert torch.equal(a.mask, b.mask)
+    assert torch.allclose(a.tokens[a.mask], b.tokens[b.mask], atol=1e-5)
+    (a.features.square().sum() + a.tokens[a.mask].sum()).backward()
+    (b.features.square().sum() + b.tokens[b.mask].sum()).backward()
+    ga, gb = _grads(grouped), _grads(single)
+    assert ga.keys() == gb.keys() and ga
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], atol=1e-5), k

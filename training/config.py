@@ -66,6 +66,7 @@ TRAIN_DEFAULTS = {
     "warmup": 100,           # optimizer steps of linear warm-up
     "min_lr_ratio": 0.0,     # cosine floor as a share of lr
     "precision": "auto",     # auto | fp32 | amp (fp16 + GradScaler) | amp_bf16
+    "attention": "auto",     # auto | default | math: the attention kernel (training/precision.py)
     "grad_clip_norm": None,
     "grad_checkpointing": False,
     "torchcompile": False,   # torch.compile the model's towers (training/compile.py)

@@ -57,7 +57,7 @@ def encode_split(model, dataset, collate, cfg, device, keys=None, forward=None,
     plus, for each name in ``collect``, the batch's field as a flat list."""
     forward = forward or (lambda m, b: m(b))
     bs = batch_size or (cfg.get("eval") or {}).get("batch_size") or cfg.get("batch_size") or 64
-    autocast = make_autocast(cfg["precision"], device)
+    autocast = make_autocast(cfg["precision"], device, cfg.get("attention", "auto"))
     out, extra = {}, {name: [] for name in collect}
     with eval_mode(model):
         # its own generator: iterating a DataLoader draws a seed from the global

@@ -5,10 +5,13 @@ CUDA GPU with bf16 (Ampere and newer) and on a CPU with AVX-512-BF16 or AMX;
 fp16 + GradScaler on a CUDA GPU without bf16; fp32 otherwise. On a CPU without
 native bf16, autocast emulates it and runs 4-6x slower than fp32, so ``auto``
 never picks it there. An explicit ``--precision`` always wins.
+
+The ``attention`` key picks the attention kernel with it (``resolve_attention``).
 """
 import contextlib
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 PRECISIONS = ("fp32", "amp", "amp_bf16")
 
@@ -57,17 +60,51 @@ def resolve_precision(requested, device, cuda_bf16=None, flags=None):
     return "fp32", f"auto: fp32 on {device.type}"
 
 
-def autocast(precision, device):
+ATTENTION_KERNELS = ("auto", "default", "math")
+
+
+def resolve_attention(requested, precision, device):
+    """``(kernel, reason)``: which scaled-dot-product attention kernel the
+    forward passes use (config key ``attention``). ``default`` is PyTorch's own
+    choice (on CPU its fused flash kernel); ``math`` its reference kernel made of
+    matmuls and a softmax. ``auto`` takes ``math`` under bf16 autocast on CPU,
+    where the fused kernel's backward is slow (benchmarks/bench_precision.py
+    --attention: 0.74-0.80x the radar step), and ``default`` everywhere else."""
+    if requested not in ATTENTION_KERNELS:
+        raise ValueError(f"attention must be one of {ATTENTION_KERNELS}, got {requested!r}")
+    if requested != "auto":
+        return requested, "set explicitly"
+    if torch.device(device).type == "cpu" and precision == "amp_bf16":
+        return "math", ("auto: bf16 autocast on CPU, where the fused attention kernel's "
+                        "backward is slow")
+    return "default", "auto: PyTorch's own choice"
+
+
+def autocast(precision, device, attention="auto"):
     """A zero-argument factory of the autocast context for ``precision``
-    (already resolved: never ``auto``). fp16 autocast also runs on CPU, so the
-    GradScaler path can be tested without a GPU."""
+    (already resolved: never ``auto``), with the attention kernel of
+    ``resolve_attention(attention, ...)``. fp16 autocast also runs on CPU, so
+    the GradScaler path can be tested without a GPU."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS} (resolve 'auto' first), "
                          f"got {precision!r}")
+    device = torch.device(device)
+    kernel, _ = resolve_attention(attention, precision, device)
     if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.float16 if precision == "amp" else torch.bfloat16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+        cast = contextlib.nullcontext
+    else:
+        dtype = torch.float16 if precision == "amp" else torch.bfloat16
+        cast = lambda: torch.autocast(device_type=device.type, dtype=dtype)  # noqa: E731
+    if kernel == "default":
+        return cast
+    # the kernel chosen in the forward also runs the backward (autograd records it)
+    return lambda: _both(cast(), sdpa_kernel([SDPBackend.MATH]))
+
+
+@contextlib.contextmanager
+def _both(first, second):
+    with first, second:
+        yield
 
 
 def grad_scaler(precision, device):

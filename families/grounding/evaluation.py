@@ -90,7 +90,7 @@ def entity_heatmaps(model, dataset, patches, cfg, device, n, max_entities=3):
     n = min(n, len(dataset))
     fig, axes = plt.subplots(n, max_entities + 1, figsize=(2.4 * (max_entities + 1), 2.6 * n), squeeze=False)
     gh, gw = model.patch_grid   # the tower's grid (a pretrained one's differs from the data's)
-    autocast = make_autocast(cfg["precision"], device)
+    autocast = make_autocast(cfg["precision"], device, cfg.get("attention", "auto"))
     for r in range(n):
         item = dataset.get(r, 0)
         cap = dataset.records[r]["captions"][0]

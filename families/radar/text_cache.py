@@ -84,7 +84,7 @@ def build_text_cache(folder, text_cfg, datasets, precision="fp32", batch_size=25
         return
     texts = all_captions(datasets)
     texts.sort(key=lambda c: (len(enc.tokenizer.tokenize(c)), c))  # batches of one length
-    autocast = make_autocast(precision, torch.device("cpu"))
+    autocast = make_autocast(precision, torch.device("cpu"), "default")
     threads, t0 = torch.get_num_threads(), time.perf_counter()
     torch.set_num_threads(max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     try:
