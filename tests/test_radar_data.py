@@ -469,3 +469,25 @@ def test_family_never_writes_into_a_users_folder(tmp_path):
     assert len(RadarTextDataset(root, "train")) == 1
     with pytest.raises(UserDataError, match="no such folder"):
         fam.prepare_data(tiny_cfg(tmp_path / "missing", "--data.generate", "false"))
+
+
+@pytest.mark.parametrize("log_norm", [True, False])
+def test_memory_cache_gives_the_same_items(generated, log_norm):
+    """Clips kept in memory after their first read give the items a fresh read
+    gives, every epoch's crops included, and the budget is kept."""
+    cached = RadarTextDataset(generated, "train", log_norm=log_norm, train=True)
+    disk = RadarTextDataset(generated, "train", log_norm=log_norm, train=True, memory_cache_mb=0)
+    for epoch in range(3):
+        cached.set_epoch(epoch), disk.set_epoch(epoch)
+        for i in range(len(cached)):
+            a, b = cached[i], disk[i]
+            for k in ("range_time", "doppler_time", "azimuth_time", "radar_mask"):
+                assert torch.equal(a[k], b[k]), (epoch, i, k)
+    assert len(cached._memory) == len(cached) and not disk._memory
+    one = next(iter(cached._memory.values()))
+    size = sum(v.nbytes for v in one.values())
+    small = RadarTextDataset(generated, "train", log_norm=log_norm, train=True,
+                             memory_cache_mb=2.5 * size / 2**20)
+    for i in range(len(small)):
+        small[i]
+    assert 1 <= len(small._memory) < len(small) and small._memory_bytes <= 2.5 * size

@@ -193,3 +193,36 @@ def test_criterion_hard_negatives_and_parameters(siglip):
     loss.backward()
     assert radar.grad.abs().sum() > 0 and text.grad.abs().sum() > 0
     assert crit.logit_scale.grad is not None
+
+
+def _alignment_before(sim, rmask, tmask):
+    """monotonic_alignment as it was before issue 12's cheaper masking: both
+    masks filled into full-size copies of ``sim``."""
+    sim = sim.float().masked_fill(~tmask.unsqueeze(-2), 0.0)
+    sim = sim.masked_fill(~rmask.unsqueeze(-1), -1e4)
+    V = torch.zeros_like(sim[..., 0])
+    for s_k in sim.unbind(-1):
+        V = s_k + torch.cummax(V, dim=-1).values
+    score = V.masked_fill(~rmask, -1e4).max(-1).values
+    return score / tmask.sum(-1).clamp_min(1).to(score.dtype)
+
+
+@pytest.mark.parametrize("radar_gaps", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_monotonic_alignment_masks_as_before(radar_gaps, dtype):
+    g = torch.Generator().manual_seed(0)
+    sim = torch.randn(4, 3, 12, 7, generator=g).to(dtype).requires_grad_(True)   # [Nr, Nt, Tr, Lt]
+    rmask = torch.ones(4, 3, 12, dtype=torch.bool)
+    rmask[0, :, 5:] = False                 # padding after the clip, as every loader makes
+    rmask[2, :, 9:] = False
+    if radar_gaps:
+        rmask[1, :, 3:6] = False            # a gap between valid frames
+    tmask = torch.ones(4, 3, 7, dtype=torch.bool)
+    tmask[:, 1, 4:] = False
+    tmask[:, 2, 6:] = False
+    got = monotonic_alignment(sim, rmask, tmask)
+    want = _alignment_before(sim, rmask, tmask)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    g1, = torch.autograd.grad(got.sum(), sim)
+    g2, = torch.autograd.grad(want.sum(), sim)
+    torch.testing.assert_close(g1, g2, atol=0, rtol=0)

@@ -179,8 +179,12 @@ class RadarTextDataset(Dataset):
     def __init__(self, root, split, max_motion_length=496, min_motion_len=96, max_text_len=20,
                  unit_length=16, log_norm=True, radar_views="all", seed=0, train=True,
                  filter_invalid=False, t_range=MMEXPERT_T_RANGE, layout=None, split_files=None,
-                 split_ratios=None, data_seed=0, frame_rate=20.0, log=print):
+                 split_ratios=None, data_seed=0, frame_rate=20.0, log=print, memory_cache_mb=1024):
         self.root, self.split = root, split
+        # each clip's file, read and normalised once and then kept in memory, up
+        # to this many MB (shared out among DataLoader workers); 0 = off
+        self.memory_cache_mb = float(memory_cache_mb)
+        self._memory, self._memory_bytes = {}, 0
         self.max_motion_length, self.min_motion_len = int(max_motion_length), int(min_motion_len)
         self.max_text_len, self.unit_length = max_text_len, int(unit_length)
         self.log_norm, self.views = log_norm, parse_views(radar_views)
@@ -308,6 +312,23 @@ class RadarTextDataset(Dataset):
                                  "(regenerate the data)")
         return arrays
 
+    def _normalised(self, item, path):
+        """``_load``'s arrays, log(1 + |x|)-normalised with log_norm (elementwise:
+        the same numbers as normalising the crop), from memory when read before."""
+        arrays = self._memory.get(path)
+        if arrays is not None:
+            return arrays
+        arrays = self._load(item, path)
+        if self.log_norm:
+            arrays = {k: np.log1p(np.abs(v)) for k, v in arrays.items()}
+        size = sum(a.nbytes for a in arrays.values())
+        worker = torch.utils.data.get_worker_info()   # each worker holds its own copy
+        budget = self.memory_cache_mb * 2**20 / (worker.num_workers if worker else 1)
+        if self._memory_bytes + size <= budget:      # filled once; never evicts
+            self._memory[path] = arrays
+            self._memory_bytes += size
+        return arrays
+
     def __getitem__(self, index):
         item = self.items[index]
         t_len, big = item["T"], self.max_motion_length
@@ -318,7 +339,7 @@ class RadarTextDataset(Dataset):
             # (its own stream: the crop and caption draws stay as without rotations)
             path = item["rotations"][int(item_rng(self.seed + 11, self.epoch, index).integers(
                 len(item["rotations"])))]
-        arrays = self._load(item, path)
+        arrays = self._normalised(item, path)
         if self.train:
             length = max(min(t_len, big) // self.unit_length * self.unit_length, self.unit_length)
             length = min(length, t_len)
@@ -330,9 +351,7 @@ class RadarTextDataset(Dataset):
         out = {}
         for key in self.views:
             x = arrays[key][:, offset:offset + length]
-            if self.log_norm:
-                x = np.log1p(np.abs(x))
-            else:
+            if not self.log_norm:   # min-max of the crop (log_norm: done on the whole file)
                 lo, hi = x.min(), x.max()
                 x = (x - lo) / max(hi - lo, 1e-8)
             padded = np.zeros((x.shape[0], big), dtype=np.float32)

@@ -29,7 +29,7 @@ from losses.radar_loss import build_radar_criterion
 from models.radar.clip_model import build_clip_model
 
 DATA_KEYS = ("max_motion_length", "min_motion_len", "max_text_len", "unit_length",
-             "log_norm", "radar_views", "filter_invalid", "frame_rate")
+             "log_norm", "radar_views", "filter_invalid", "frame_rate", "memory_cache_mb")
 
 collate = collate_radar  # tensors stacked, has_swap a BoolTensor, captions as lists
 _told = set()
@@ -105,7 +105,7 @@ def prepare_data(cfg):
 
 def build_datasets(cfg):
     d, root = cfg["data"], data_root(cfg)
-    opts = {k: d[k] for k in DATA_KEYS}
+    opts = {k: d[k] for k in DATA_KEYS if k in d}   # a config from before a key: its default
     layout = find_layout(root, None if d["generate"] else d["format"]).name
     data = {split: TemporalNegatives(
                 RadarTextDataset(root, split, seed=cfg["seed"], train=split == "train", layout=layout,

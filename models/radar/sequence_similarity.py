@@ -67,15 +67,24 @@ def monotonic_alignment(sim, rmask, tmask):
     """
     # A masked text token adds 0 and one more prefix-max, which changes neither
     # the later V nor the final max: so masks need no branch in the loop.
-    sim = sim.float().masked_fill(~tmask.unsqueeze(-2), 0.0)
-    sim = sim.masked_fill(~rmask.unsqueeze(-1), -1e4)
     last = int(tmask.any(tuple(range(tmask.dim() - 1))).nonzero().max()) + 1 if tmask.any() else 0
     # unbind, not sim[..., k]: the backward of one slice per step would write a
     # full-size zero tensor each time; text-major first, so each row the loop
-    # reads is contiguous (the same numbers, less memory traffic)
-    rows = sim[..., :last].transpose(-1, -2).contiguous().unbind(-2)  # Lt x [..., Tr]
-    V = torch.zeros_like(sim[..., 0])  # [..., Tr] credit before the first token
-    for s_k in rows:
+    # reads is contiguous (the same numbers, less memory traffic). The masks are
+    # written into that copy in place (it is the loop's own tensor), not into
+    # two more full-size ones.
+    rows = sim[..., :last].float().transpose(-1, -2).contiguous()      # [..., Lt, Tr]
+    if rows.data_ptr() == sim.data_ptr():   # no copy was made (one token, float input)
+        rows = rows.clone()
+    rows.masked_fill_(~tmask[..., :last].unsqueeze(-1), 0.0)
+    # Padded radar time after the last valid frame (every mask the loaders
+    # make) never reaches a valid frame's V (the prefix max looks back only),
+    # and the final max leaves it out: it needs no fill. Padding between valid
+    # frames does, or a path could pass through it.
+    if not bool((rmask[..., 1:] <= rmask[..., :-1]).all()):
+        rows.masked_fill_(~rmask.unsqueeze(-2), -1e4)
+    V = torch.zeros_like(rows[..., 0, :])   # [..., Tr] credit before the first token
+    for s_k in rows.unbind(-2):
         V = s_k + torch.cummax(V, dim=-1).values
     score = V.masked_fill(~rmask, -1e4).max(-1).values
     return score / tmask.sum(-1).clamp_min(1).to(score.dtype)
