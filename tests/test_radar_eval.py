@@ -1,5 +1,7 @@
 """Radar evaluation: metrics equal to hand computations on a constructed case,
 evaluation under the run's precision, the disk text-feature cache."""
+import os
+
 import pytest
 import torch
 import torch.nn as nn
@@ -8,7 +10,8 @@ import torch.nn.functional as F
 import families.radar as fam
 from data.radar.temporal import TemporalNegatives
 from families.radar.evaluation import encode_clips, encode_texts, evaluate_radar, score_matrix
-from families.radar.text_cache import build_text_cache, load_text_cache, text_cache_enabled, text_cache_path
+from families.radar.text_cache import (PACKED, build_text_cache, load_text_cache, pack, text_cache_enabled,
+                                       text_cache_path, unpack)
 from losses.radar_loss import RadarContrastiveLoss
 from models.text_encoder import TextEncoder
 from tests.radar_tiny import tiny_cfg
@@ -173,7 +176,9 @@ def test_disk_text_cache_hits_and_misses(tmp_path):
     t = {"pretrained": None, "max_length": 16, "pooling_strategy": "mean", "freeze": True,
          "unfreeze_last_n": 0, "cache_features": True, "disk_cache": True, "cache_max_mb": 512}
     build_text_cache(str(tmp_path), t, {"train": Split()})
-    cache = torch.load(text_cache_path(str(tmp_path), t))
+    packed = torch.load(text_cache_path(str(tmp_path), t))
+    assert packed["format"] == PACKED and packed["hidden"].dtype == torch.float16
+    cache = unpack(packed)
     assert set(cache) == texts
     # a checkpoint's config from before the tower sections names the same file
     old = {k: v for k, v in t.items() if k not in ("pretrained", "freeze")}
@@ -209,9 +214,37 @@ def test_disk_text_cache_hits_and_misses(tmp_path):
     with pytest.warns(UserWarning, match=r"4 captions, but model.text.cache_max_mb=0.008 keeps only \d"):
         load_text_cache(small, str(tmp_path), dict(t, cache_max_mb=0.008))
     assert 0 < small.cache_info()["captions"] < 4
+    # a file written before packing (one tensor per caption) loads the same
+    os.makedirs(tmp_path / "old" / "text_cache")
+    torch.save(cache, text_cache_path(str(tmp_path / "old"), t))
+    old_format = TextEncoder(max_length=16, embed_dim=8)
+    load_text_cache(old_format, str(tmp_path / "old"), t)
+    loaded = TextEncoder(max_length=16, embed_dim=8)
+    load_text_cache(loaded, str(tmp_path), t)
+    assert old_format._cache.keys() == loaded._cache.keys() == texts
+    for c in texts:
+        assert torch.equal(old_format._cache[c][0], loaded._cache[c][0])
     # a trainable backbone never uses it
     build_text_cache(str(tmp_path / "trainable"), dict(t, freeze=False), {"train": Split()})
     assert not (tmp_path / "trainable").exists()
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_text_cache_pack_round_trip(pooled):
+    g = torch.Generator().manual_seed(0)
+    state = {f"caption {i}": (torch.randn(n, 4, generator=g).half(),
+                              torch.randn(4, generator=g).half() if pooled else None)
+             for i, n in enumerate([3, 7, 1, 5])}
+    for copy in (False, True):
+        back = unpack(pack(state), copy=copy)
+        assert list(back) == list(state)
+        for c, (h, p) in state.items():
+            assert torch.equal(back[c][0], h)
+            assert (back[c][1] is None) if p is None else torch.equal(back[c][1], p)
+    storage = lambda d, c: d[c][0].untyped_storage().data_ptr()   # noqa: E731
+    views, copies = unpack(pack(state)), unpack(pack(state), copy=True)
+    assert storage(views, "caption 0") == storage(views, "caption 1")      # one tensor's views
+    assert storage(copies, "caption 0") != storage(copies, "caption 1")
 
 
 def test_disk_text_cache_under_bf16_is_its_own_file_and_close_to_fp32(tmp_path):
@@ -226,8 +259,8 @@ def test_disk_text_cache_under_bf16_is_its_own_file_and_close_to_fp32(tmp_path):
          "unfreeze_last_n": 0, "cache_features": True, "disk_cache": True, "cache_max_mb": 512}
     build_text_cache(str(tmp_path), t, {"train": Split()})
     build_text_cache(str(tmp_path), t, {"train": Split()}, precision="amp_bf16")
-    fp32 = torch.load(text_cache_path(str(tmp_path), t))
-    bf16 = torch.load(text_cache_path(str(tmp_path), t, "amp_bf16"))
+    fp32 = unpack(torch.load(text_cache_path(str(tmp_path), t)))
+    bf16 = unpack(torch.load(text_cache_path(str(tmp_path), t, "amp_bf16")))
     assert text_cache_path(str(tmp_path), t, "amp_bf16") != text_cache_path(str(tmp_path), t)
     assert set(fp32) == set(bf16) == {"a person walks", "someone jumps twice then claps",
                                       "someone claps then jumps twice"}

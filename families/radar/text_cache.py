@@ -15,7 +15,10 @@ the frozen prefix's states, the input of the last n layers, which train); a
 caption missing from the file is encoded as usual when it is met. The text
 head and token dropout run after what is stored, so they share the file.
 The model's in-memory caption cache is bounded (``model.text.cache_max_mb``):
-loading a larger file keeps its most recent part, with a warning.
+loading a larger file keeps its most recent part, with a warning. The file
+holds the states packed into a few large tensors (``pack``), which load in a
+fraction of the time of one tensor per caption; files written before that
+load as they are.
 Only today's TextEncoder caches (a plain text model, frozen but for the last
 unfreeze_last_n layers, no layer decay or lr multiplier: what
 models/towers/text.build_text_encoder gives); any other text tower (a CLIP /
@@ -96,7 +99,38 @@ def build_text_cache(folder, text_cfg, datasets, precision="fp32", batch_size=25
     finally:
         torch.set_num_threads(threads)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_save(enc.cache_state(), path)
+    atomic_save(pack(enc.cache_state()), path)
+
+
+PACKED = "structclip text cache, packed v1"
+
+
+def pack(state):
+    """{caption: (hidden [L, H], pooled [H] or None)} as a few large tensors:
+    a file of tens of thousands of small tensors takes seconds to unpickle, one
+    of a few large ones a fraction of that."""
+    captions = list(state)
+    hidden = [state[c][0] for c in captions]
+    pooled = [state[c][1] for c in captions]
+    packed = {"format": PACKED, "captions": captions,
+              "lengths": torch.tensor([h.shape[0] for h in hidden], dtype=torch.long),
+              "hidden": torch.cat(hidden) if hidden else torch.zeros(0, 0, dtype=torch.float16)}
+    if captions and pooled[0] is not None:
+        packed["pooled"] = torch.stack(pooled)
+    return packed
+
+
+def unpack(packed, copy=False):
+    """``pack``'s inverse. The states are views into the file's tensors unless
+    ``copy`` (then dropping some of them frees their memory)."""
+    if packed.get("format") != PACKED:   # a file written before packing: the dict itself
+        return packed
+    hidden = packed["hidden"].split(packed["lengths"].tolist())
+    pooled = packed["pooled"].unbind(0) if "pooled" in packed else [None] * len(hidden)
+    if copy:
+        hidden = [h.clone() for h in hidden]
+        pooled = [None if p is None else p.clone() for p in pooled]
+    return dict(zip(packed["captions"], zip(hidden, pooled)))
 
 
 def load_text_cache(text_encoder, folder, text_cfg, precision="fp32"):
@@ -113,7 +147,11 @@ def load_text_cache(text_encoder, folder, text_cfg, precision="fp32"):
     if n != n_model:   # the file's states enter another layer than the model's first trainable one
         raise ValueError(f"{path}: holds the states for model.text.unfreeze_last_n={n}, but the "
                          f"text encoder runs its last {n_model} layers on what it caches")
-    state = torch.load(path, map_location="cpu")
+    packed = torch.load(path, map_location="cpu")
+    # views into one tensor when all of it is kept; copies when the bound drops some
+    fits = packed.get("format") != PACKED or (
+        packed["hidden"].numel() * packed["hidden"].element_size() <= text_encoder.cache_max_bytes)
+    state = unpack(packed, copy=not fits)
     text_encoder.load_cache(state)
     kept = text_encoder.cache_info()["captions"]
     if kept < len(state):
