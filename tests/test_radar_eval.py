@@ -269,3 +269,28 @@ def test_disk_text_cache_under_bf16_is_its_own_file_and_close_to_fp32(tmp_path):
         assert h32.shape == h16.shape
         assert torch.nn.functional.cosine_similarity(h32, h16, dim=-1).min() > 0.99
         assert not torch.equal(h32, h16)
+
+
+@pytest.mark.parametrize("kind", ["temporal", "attention", "local", "combined"])
+def test_score_matrix_in_length_chunks_equals_one_pass(kind):
+    from models.radar.sequence_similarity import SequenceSimilarity
+    g = torch.Generator().manual_seed(1)
+    Nr, Nt, T, L, D = 5, 11, 12, 9, 8
+    radar = {"radar_features": torch.randn(Nr, D, generator=g), "radar_seq": torch.randn(Nr, T, D, generator=g),
+             "radar_mask": torch.arange(T).expand(Nr, T) < torch.tensor([[12], [7], [12], [3], [9]])}
+    lengths = torch.tensor([9, 2, 5, 9, 1, 3, 7, 4, 8, 2, 6])
+    text = {"text_features": torch.randn(Nt, D, generator=g), "text_tokens": torch.randn(Nt, L, D, generator=g),
+            "text_mask": torch.arange(L).expand(Nt, L) < lengths[:, None]}
+    seq = SequenceSimilarity(D, kind, window_size=2)
+    torch.nn.init.normal_(seq.fuse.weight, std=0.1)
+
+    class Criterion:
+        def global_scores(self, t, r):
+            return t @ r.t()
+    crit = Criterion()
+    crit.seq = seq
+    with torch.no_grad():
+        want = text["text_features"] @ radar["radar_features"].t() + seq(
+            radar["radar_seq"], radar["radar_mask"], text["text_tokens"], text["text_mask"]).t()
+    for chunk in (1, 3, 32):
+        torch.testing.assert_close(score_matrix(crit, radar, text, chunk=chunk), want, atol=1e-5, rtol=1e-5)

@@ -52,14 +52,29 @@ def encode_clips(model, dataset, cfg, device):
 
 @torch.no_grad()
 def score_matrix(criterion, radar, text, chunk=32):
-    """Configured similarity of every text with every clip: [Nt, Ni]."""
+    """Configured similarity of every text with every clip: [Nt, Ni].
+
+    The texts are scored in chunks of similar token length, each cut to its
+    longest caption: a pair's score does not depend on the padding (masked
+    tokens add nothing), and the token-level similarity's work follows the
+    chunk's length instead of the longest caption's."""
     g = criterion.global_scores(text["text_features"], radar["radar_features"]).float()
     if criterion.seq is None:
         return g
     seq = criterion.seq
-    P = seq.prepare(radar["radar_seq"], radar["radar_mask"], text["text_tokens"], text["text_mask"])
-    cols = [seq.scores(P, slice(i, i + chunk)) for i in range(0, g.shape[0], chunk)]
-    return g + torch.cat(cols, 1).t()  # [Ni, Nt] -> [Nt, Ni]
+    lengths = text["text_mask"].sum(-1)
+    order = torch.argsort(lengths, stable=True)
+    P = seq.prepare(radar["radar_seq"], radar["radar_mask"], text["text_tokens"][order],
+                    text["text_mask"][order])
+    cols = []
+    for i in range(0, g.shape[0], chunk):
+        sl = slice(i, i + chunk)
+        n = max(int(lengths[order[sl]].max()), 1)
+        part = dict(P, t=P["t"][sl, :n], tm=P["tm"][sl, :n], tg=P["tg"][sl])
+        cols.append(seq.scores(part, slice(None)))
+    seq_scores = torch.empty_like(g.t())              # [Ni, Nt], back in the texts' order
+    seq_scores[:, order] = torch.cat(cols, 1)
+    return g + seq_scores.t()
 
 
 @torch.no_grad()
