@@ -73,9 +73,8 @@ def monotonic_alignment(sim, rmask, tmask):
     # reads is contiguous (the same numbers, less memory traffic). The masks are
     # written into that copy in place (it is the loop's own tensor), not into
     # two more full-size ones.
-    rows = sim[..., :last].float().transpose(-1, -2).contiguous()      # [..., Lt, Tr]
-    if rows.data_ptr() == sim.data_ptr():   # no copy was made (one token, float input)
-        rows = rows.clone()
+    rows = sim[..., :last].transpose(-1, -2).to(torch.float32, memory_format=torch.contiguous_format,
+                                                copy=True)                  # [..., Lt, Tr], its own
     rows.masked_fill_(~tmask[..., :last].unsqueeze(-1), 0.0)
     # Padded radar time after the last valid frame (every mask the loaders
     # make) never reaches a valid frame's V (the prefix max looks back only),
