@@ -221,13 +221,24 @@ class TextEncoder(nn.Module):
 
     def _backbone(self, tok):
         if self.prefix_layers is not None:   # the states entering layer L - n (no pooler yet)
-            out = self.backbone(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
-                                token_type_ids=tok.get("token_type_ids"), output_hidden_states=True)
-            return out.hidden_states[self.prefix_layers], None
+            return self._prefix(tok), None
         out = self.backbone(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
                             token_type_ids=tok.get("token_type_ids"))
         pooled = out.pooler_output if self.pooling_strategy == "pooler" else None
         return out.last_hidden_state, pooled
+
+    def _prefix(self, tok):
+        """The frozen prefix's output: the embeddings and layers 0 .. L-n-1 only
+        (the full model's ``hidden_states[L - n]``, without running the last n
+        layers and the pooler, whose output would be thrown away: a third of
+        MiniLM's work with n = 2)."""
+        emb = getattr(self.backbone, "embeddings", None)
+        if emb is None:   # not a BERT-like layout: the full model, its state at the prefix's end
+            out = self.backbone(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                                token_type_ids=tok.get("token_type_ids"), output_hidden_states=True)
+            return out.hidden_states[self.prefix_layers]
+        hidden = emb(input_ids=tok["input_ids"], token_type_ids=tok.get("token_type_ids"))
+        return self._run_layers(hidden, tok["attention_mask"], self.backbone.encoder.layer[:self.prefix_layers])
 
     def _last_layers(self, hidden, attention_mask):
         """The trainable layers on the cached prefix states: hidden [B, L, H],
@@ -254,9 +265,13 @@ class TextEncoder(nn.Module):
         return hidden, pooled
 
     def _layers(self, hidden, attention_mask):
+        """The trainable last n layers on hidden [B, L, H]."""
+        return self._run_layers(hidden, attention_mask, self.backbone.encoder.layer[self.prefix_layers:])
+
+    def _run_layers(self, hidden, attention_mask, layers):
         attn = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden,
                                          attention_mask=attention_mask)
-        for layer in self.backbone.encoder.layer[self.prefix_layers:]:
+        for layer in layers:
             hidden = layer(hidden, attn)
             if isinstance(hidden, tuple):   # older transformers return (states, ...)
                 hidden = hidden[0]

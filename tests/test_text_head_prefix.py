@@ -184,3 +184,29 @@ def test_length_groups_run_the_same_states_and_gradients(bert):
     assert ga.keys() == gb.keys() and ga
     for k in ga:
         assert torch.allclose(ga[k], gb[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_prefix_runs_only_the_frozen_layers_and_equals_the_full_forward(bert, n):
+    """Filling the cache runs the embeddings and layers 0 .. L-n-1 only (the last
+    n layers and the pooler would be thrown away), and its states are the full
+    forward's hidden_states[L - n] bit for bit, padded captions included."""
+    cached, _ = _pair(bert, n, "mean")
+    cached.eval()
+    calls = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: calls.append(k))
+             for k, m in enumerate(cached.backbone.encoder.layer)]
+    if getattr(cached.backbone, "pooler", None) is not None:
+        hooks.append(cached.backbone.pooler.register_forward_hook(lambda *a: calls.append("pooler")))
+    cached.precompute(CAPS)
+    for h in hooks:
+        h.remove()
+    assert calls == list(range(LAYERS - n))
+    tok = cached.tokenize(CAPS)
+    assert not bool(tok["attention_mask"].all())   # padding present
+    with torch.no_grad():
+        own = cached.backbone(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                              output_hidden_states=True).hidden_states[LAYERS - n]
+    for i, c in enumerate(CAPS):
+        L = int(tok["attention_mask"][i].sum())
+        assert torch.equal(cached._cache[c][0], own[i, :L]), c
