@@ -137,3 +137,19 @@ def test_attention_kernels_agree_and_math_is_the_one_run(monkeypatch):
     _sdpa_step("amp_bf16", "default")
     assert seen == [False, True]
     assert (c - a).abs().max() < 0.05   # bf16 of the same numbers
+
+
+@pytest.mark.parametrize("flag", [["--attention", "flash"], ["--precision", "bf16"]])
+def test_a_bad_precision_or_attention_flag_is_a_one_line_error(tmp_path, flag):
+    """The command line's exit: 'error: ...' naming the key, exit code 2, no traceback
+    (before any data is generated: the run stops at its first lines)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "train_stage1.py"), "--family", "radar", *flag,
+                        "--logs", str(tmp_path / "logs"), "--data.root", str(tmp_path / "data")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith(f"error: {flag[0][2:]} must be") and "Traceback" not in r.stderr
+    assert not (tmp_path / "data").exists()

@@ -13,6 +13,8 @@ import contextlib
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from training.config import ConfigError
+
 PRECISIONS = ("fp32", "amp", "amp_bf16")
 
 # /proc/cpuinfo flags of the x86 instructions that make bf16 matmuls native.
@@ -42,7 +44,7 @@ def resolve_precision(requested, device, cuda_bf16=None, flags=None):
     queries (tests simulate other machines with them)."""
     if requested != "auto":
         if requested not in PRECISIONS:
-            raise ValueError(f"precision must be auto or one of {PRECISIONS}, got {requested!r}")
+            raise ConfigError(f"precision must be auto or one of {PRECISIONS}, got {requested!r}")
         return requested, "set explicitly"
     device = torch.device(device)
     if device.type == "cuda":
@@ -71,7 +73,7 @@ def resolve_attention(requested, precision, device):
     where the fused kernel's backward is slow (benchmarks/bench_precision.py
     --attention: 0.74-0.80x the radar step), and ``default`` everywhere else."""
     if requested not in ATTENTION_KERNELS:
-        raise ValueError(f"attention must be one of {ATTENTION_KERNELS}, got {requested!r}")
+        raise ConfigError(f"attention must be one of {ATTENTION_KERNELS}, got {requested!r}")
     if requested != "auto":
         return requested, "set explicitly"
     if torch.device(device).type == "cpu" and precision == "amp_bf16":
