@@ -184,7 +184,8 @@ CHANGED = {"num_train": 2, "num_val": 2, "num_test": 2, "num_zeroshot": 2, "gen_
 def _tiny_cfg(root, **data):
     argv = ["--family", "sclap", "--data.root", root, "--data.gen_workers", "1",
             "--data.num_train", "1", "--data.num_val", "1", "--data.num_test", "1",
-            "--data.num_zeroshot", "1", "--data.max_order", "2"]
+            "--data.num_zeroshot", "1", "--data.max_order", "2",
+            "--model.text.disk_cache", "false"]   # the generator's files only (no text cache file)
     for k, v in data.items():
         argv += [f"--data.{k}", json.dumps(v)]
     return load_config(argv)

@@ -30,7 +30,7 @@ import os
 from data.cache import UserDataError, check_user_folder, derived_dir, ensure_generated, resolve_root
 from data.sclap.audio_io import LONG_CLIPS
 from data.sclap.captions import VERSION as DIVERSE_VERSION
-from data.sclap.dataset import STClothoDataset, collate
+from data.sclap.dataset import VARIANTS, STClothoDataset, collate
 from data.sclap.generate import MANIFEST, caption_grammar, generate
 from data.sclap.layouts import LAYOUTS, detect
 from families.sclap.evaluation import evaluate_sclap
@@ -38,6 +38,8 @@ from losses.sclap_loss import SCLAPLoss
 from models.sclap.model import build_sclap
 from models.sclap.towers import is_tower
 from training.config import REPO_ROOT, ConfigError
+from training.precision import resolve_precision
+from training.text_cache import build_text_cache, load_text_cache, text_cache_enabled
 
 FRONTEND_KEYS = ("sample_rate", "clip_seconds", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
 GEN_KEYS = ("num_train", "num_val", "num_test", "num_zeroshot", "gen_seed", "sample_rate",
@@ -109,6 +111,7 @@ def prepare_data(cfg):
     if not cfg["data"]["generate"]:
         check_user_folder(root, "sCLAP data")
         layout_of(cfg, log=print)
+        prepare_text_cache(cfg)
         return
     layout_of(cfg)
     params = gen_params(cfg)
@@ -118,6 +121,33 @@ def prepare_data(cfg):
               f"triplets in {root}")
         generate({**params, "dir": tmp}, workers=int(cfg["data"]["gen_workers"] or 1))
     ensure_generated(root, params, build, "sCLAP triplets")
+    prepare_text_cache(cfg)
+
+
+def dataset_texts(datasets):
+    """Every string the text tower meets in training and evaluation of these
+    datasets ({split: STClothoDataset}): each variant's captions, plain
+    captions and single-event captions (event slots)."""
+    texts = set()
+    for ds in datasets.values():
+        for it in ds.items:
+            for v in VARIANTS:
+                texts.update(it[v]["captions"])
+                texts.update(it[v]["plain_captions"])
+                for caps in it[v].get("event_captions") or []:
+                    texts.update(caps)
+    return sorted(texts)
+
+
+def prepare_text_cache(cfg):
+    """model.text.disk_cache: every caption of every split through the frozen
+    text backbone once, before training (training/text_cache.py), instead of a
+    batch's new captions at a time in the steps of the first epochs."""
+    if text_cache_enabled(cfg["model"].get("text")):
+        # the build runs on the CPU; a config whose precision is still auto (not a run's) gets the CPU's
+        precision = resolve_precision(cfg.get("precision", "fp32"), "cpu")[0]
+        build_text_cache(cache_dir(cfg), cfg["model"]["text"], lambda: dataset_texts(build_datasets(cfg)),
+                         precision)
 
 
 def frontend_cfg(cfg):
@@ -168,6 +198,7 @@ def build_model(cfg):
     if legacy:
         m["text"] = {**legacy, **(m.get("text") or {})}
     model = build_sclap(m, sample_rate=cfg["data"]["sample_rate"])
+    load_text_cache(model.text_encoder, cache_dir(cfg), m.get("text"), cfg.get("precision", "fp32"))
     if model.needs_wave:
         tower, rate = model.sed_branch, cfg["data"]["sample_rate"]
         note = "" if rate >= tower.model_rate else (
