@@ -13,7 +13,10 @@ radar captions, under the precision ``auto`` picks on this machine:
   prefix only       the embeddings and layers 0 .. L-n-1 (TextEncoder._prefix)
 
 The two take turns within each round; the median per round is printed with
-the ratio, and the states are checked equal.
+the ratio, and the states are checked equal. ``--attention math`` adds the
+prefix only under PyTorch's math attention kernel (the build runs under
+``default``, PyTorch's own choice; ``--unfreeze-last-n 0`` times the whole
+backbone, what sCLAP's file stores).
 """
 import argparse
 import os
@@ -38,6 +41,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--attention", default="default", help="comma list of kernels for 'prefix only'")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads or available_cores())
     precision, why = resolve_precision(args.precision, torch.device("cpu"))
@@ -46,24 +50,28 @@ def main(argv=None):
     caps = sorted(set(radar_captions(args.captions)), key=lambda c: (len(enc.tokenizer.tokenize(c)), c))
     batches = [{k: v for k, v in enc.tokenize(caps[i:i + args.batch_size]).items() if k != "offset_mapping"}
                for i in range(0, len(caps), args.batch_size)]
-    k = enc.prefix_layers
-    ways = {"full model": lambda t: enc.backbone(**t, output_hidden_states=True).hidden_states[k],
-            "prefix only": enc._prefix}
-    ctx = autocast(precision, torch.device("cpu"), "default")
-    with torch.no_grad(), ctx():   # the states agree exactly
+    L = len(enc.backbone.encoder.layer)
+    k = L if enc.prefix_layers is None else enc.prefix_layers
+    prefix = enc._prefix if enc.prefix_layers is not None else (lambda t: enc.backbone(**t).last_hidden_state)
+    ways = {"full model": (lambda t: enc.backbone(**t, output_hidden_states=True).hidden_states[k], "default"),
+            "prefix only": (prefix, "default")}
+    for kernel in args.attention.split(","):
+        if kernel != "default":
+            ways[f"prefix, {kernel}"] = (prefix, kernel)
+    with torch.no_grad(), autocast(precision, torch.device("cpu"), "default")():   # the states agree exactly
         for t in batches[:2]:
             m = t["attention_mask"].bool()
-            assert torch.equal(ways["full model"](t)[m], ways["prefix only"](t)[m])
+            assert torch.equal(ways["full model"][0](t)[m], ways["prefix only"][0](t)[m])
     times = {w: [] for w in ways}
     for _ in range(args.rounds):
-        for w, f in ways.items():
+        for w, (f, kernel) in ways.items():
             t0 = time.perf_counter()
-            with torch.no_grad(), ctx():
+            with torch.no_grad(), autocast(precision, torch.device("cpu"), kernel)():
                 for t in batches:
                     f(t)
             times[w].append(time.perf_counter() - t0)
     print(f"{len(caps)} radar captions, batches of {args.batch_size}, states entering layer {k} of "
-          f"{len(enc.backbone.encoder.layer)}, {precision} ({why}), {torch.get_num_threads()} threads; "
+          f"{L}, {precision} ({why}), {torch.get_num_threads()} threads; "
           f"median of {args.rounds} rounds")
     base = statistics.median(times["full model"])
     for w, ts in times.items():
