@@ -10,17 +10,23 @@ same images under both); a config without the key (a checkpoint of before
 issue 13) means template. Generated folders also hold the scenes' objects,
 from which evaluation writes the held-out captions (heldout_ metrics).
 """
+import contextlib
+import io
 import os
+import warnings
 
-from data.cache import UserDataError, check_user_folder, ensure_generated, resolve_root
+from data.cache import UserDataError, check_user_folder, derived_dir, ensure_generated, resolve_root
 from data.layout import Layout, detect_layout, exists
 from data.grounding.dataset import GroundingDataset, collate  # noqa: F401  (contract)
 from data.grounding.captions import VERSION as CAPTIONS_VERSION
 from data.grounding.files import ZIP
 from data.grounding.generate import SCENE_OBJECTS, generate
+from data.grounding.spans import swap_left_right
 from families.grounding.evaluation import evaluate  # noqa: F401  (contract)
 from losses.grounding_loss import GroundingLoss
 from models.grounding.model import GroundingModel
+from training.precision import resolve_precision
+from training.text_cache import build_text_cache, load_text_cache, text_cache_enabled
 
 # every argument of data.grounding.generate.generate, in its order: the cache marker records them all
 GEN_KEYS = ("num_train", "num_val", "num_test", "gen_image_size", "captions_per_image", "gen_seed",
@@ -87,6 +93,7 @@ def prepare_data(cfg):
         how = "forced by --data.format" if d["format"] not in (None, "", "auto") else "detected"
         print(f"grounding: data.root {root}: layout {lay.name} ({how}); read only, nothing is "
               f"written there")
+        prepare_text_cache(cfg)
         return
 
     params = gen_params(cfg)
@@ -96,6 +103,43 @@ def prepare_data(cfg):
         print(f"grounding: generated data in {root} in {secs:.1f} s ({params['captions']} captions)")
 
     ensure_generated(root, {**params, **GEN_FORMAT}, build, "grounding scenes")
+    prepare_text_cache(cfg)
+
+
+def cache_dir(cfg):
+    """Files derived from the data (the text cache): inside generated data (our
+    folder); for a user's folder, under data_cache/grounding/derived/."""
+    return derived_dir(data_root(cfg), "grounding", cfg["data"]["generate"], cfg["data"].get("cache_dir"))
+
+
+def dataset_texts(datasets):
+    """Every caption the text tower meets in training and evaluation of these
+    datasets ({split: GroundingDataset}), also as a horizontal flip serves it
+    ("left" and "right" swapped) where the split flips."""
+    texts = set()
+    for ds in datasets.values():
+        for rec in ds.records:
+            for c in rec["captions"]:
+                texts.add(c.text)
+                if ds.train and ds.view.hflip > 0:
+                    texts.add(swap_left_right(c).text)
+    return sorted(texts)
+
+
+def prepare_text_cache(cfg):
+    """model.text.disk_cache: every caption of every split through the frozen
+    text backbone once, before training (training/text_cache.py)."""
+    if text_cache_enabled(cfg["model"].get("text")):
+        precision = resolve_precision(cfg.get("precision", "fp32"), "cpu")[0]   # the build runs on the CPU
+        build_text_cache(cache_dir(cfg), cfg["model"]["text"], lambda: dataset_texts(_quiet_datasets(cfg)),
+                         precision)
+
+
+def _quiet_datasets(cfg):
+    """build_datasets without its notes and warnings: the run's own build says them, once."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return build_datasets(cfg)
 
 
 def build_datasets(cfg):
@@ -122,7 +166,9 @@ def build_model(cfg):
         text.setdefault("freeze", text.pop("freeze_backbone", True))
         text.pop("model_name", None), text.pop("freeze_backbone", None)
         m["text"] = text
-    return GroundingModel(image_size=cfg["data"]["image_size"], **m)
+    model = GroundingModel(image_size=cfg["data"]["image_size"], **m)
+    load_text_cache(model.text, cache_dir(cfg), m.get("text"), cfg.get("precision", "fp32"))
+    return model
 
 
 def build_criterion(cfg, rank=0, world_size=1):
