@@ -7,6 +7,7 @@ import torch
 
 from families import load_family
 from training.config import load_config
+from tests.text_cache_check import assert_loaded_cache_encodes_as_uncached
 from training.text_cache import text_cache_path
 
 fam = load_family("grounding")
@@ -33,13 +34,5 @@ def test_the_file_holds_every_served_caption_and_encodes_the_same(tmp_path):
         served |= {train[i]["caption"] for i in range(len(train))}
     assert any("left" in c or "right" in c for c in served)
     assert served <= stored, served - stored
-    torch.manual_seed(0)
-    cached = fam.build_model(cfg).eval()
-    torch.manual_seed(0)
-    plain = fam.build_model(_cfg(str(tmp_path / "d"), "--model.text.disk_cache", "false")).eval()
-    assert len(cached.text._cache) == len(stored) and not plain.text._cache
-    caps = sorted(stored)[:6]
-    with torch.no_grad():
-        a, b = cached.text(caps), plain.text(caps)
-    torch.testing.assert_close(a.features, b.features, atol=2e-3, rtol=2e-3)   # the file's fp16
-    torch.testing.assert_close(a.tokens[a.mask], b.tokens[b.mask], atol=2e-3, rtol=2e-3)
+    assert_loaded_cache_encodes_as_uncached(fam, cfg, _cfg(str(tmp_path / "d"), "--model.text.disk_cache", "false"),
+                                            "text", stored)
