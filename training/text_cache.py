@@ -1,5 +1,5 @@
 """Frozen text features on disk, computed once per dataset (``model.text.disk_cache``),
-for every family whose text tower is today's TextEncoder (radar, sCLAP: each
+for every family whose text tower is today's TextEncoder (radar, sCLAP, grounding: each
 family lists its dataset's strings, families/<family>/__init__.py).
 
 A frozen text backbone maps a caption to the same hidden states in every
