@@ -24,6 +24,12 @@ BUNDLED_NAMES = {None, "", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM
                  "bundled"}
 
 
+def noisy_states(hidden, scale):
+    """hidden [B, L, H] plus Gaussian noise of ``scale`` x each token's RMS."""
+    rms = hidden.float().pow(2).mean(-1, keepdim=True).sqrt()
+    return hidden + (torch.randn(hidden.shape, device=hidden.device) * rms * scale).to(hidden.dtype)
+
+
 @dataclass
 class TextOutput:
     features: torch.Tensor   # [B, D] pooled and projected (not normalised)
@@ -106,7 +112,7 @@ class TextEncoder(nn.Module):
     def __init__(self, model_name=None, embed_dim=256, max_length=77, pooling_strategy="mean",
                  freeze_backbone=True, unfreeze_last_n=0, cache_features=True,
                  grad_checkpointing=False, cache_max_mb=512, head_layers=0, head_heads=4,
-                 head_dim=None, token_dropout=0.0, dropout=None):
+                 head_dim=None, token_dropout=0.0, dropout=None, state_noise=0.0):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -143,6 +149,13 @@ class TextEncoder(nn.Module):
         self.head = OrderHead(self.hidden_size, head_layers, head_heads, head_dim,
                               max_length) if head_layers else None
         self.token_dropout = float(token_dropout)
+        # training: Gaussian noise on the cached prefix states entering the trained layers, per
+        # token state_noise x its RMS (noisy-embedding fine-tuning, one layer-group up)
+        self.state_noise = float(state_noise)
+        if self.state_noise > 0 and self.prefix_layers is None:
+            raise ValueError("model.text.state_noise perturbs the cached prefix states that enter the "
+                             "trained last layers: it needs freeze true, unfreeze_last_n > 0 and "
+                             "cache_features true")
         self.length_buckets = 4   # trained layers on cached states: at most this many length groups (1: one)
         if grad_checkpointing:
             self.set_grad_checkpointing(True)
@@ -321,6 +334,8 @@ class TextEncoder(nn.Module):
         if self.cache_features:
             hidden, pooled = self._cached_backbone(list(captions), tok, device)
             if self.prefix_layers is not None:
+                if self.training and self.state_noise > 0:
+                    hidden = noisy_states(hidden, self.state_noise)
                 hidden, pooled = self._last_layers(hidden, tok["attention_mask"].to(device))
         else:
             hidden, pooled = self._backbone({k: v.to(device) for k, v in tok.items()

@@ -20,7 +20,7 @@ import torch.nn as nn
 # model.text keys of the text side; these defaults are the behaviour from
 # before they existed (no head, no dropout), also for older checkpoints
 TEXT_SIDE_DEFAULTS = {"head_layers": 0, "head_heads": 4, "head_dim": None, "token_dropout": 0.0,
-                      "dropout": None}
+                      "dropout": None, "state_noise": 0.0}
 
 
 def text_side_config(section, key="model.text"):
@@ -45,6 +45,10 @@ def text_side_config(section, key="model.text"):
         raise ValueError(f"{key}.dropout: expected null (the checkpoint's own) or a probability "
                          f"in [0, 1), got {p!r}")
     cfg["dropout"] = None if p is None else float(p)
+    p = cfg["state_noise"]
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0:
+        raise ValueError(f"{key}.state_noise: expected a number >= 0 (0: off), got {p!r}")
+    cfg["state_noise"] = float(p)
     return cfg
 
 

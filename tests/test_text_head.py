@@ -212,7 +212,7 @@ def test_old_configs_mean_off(bert):
            "pooling_strategy": "mean", "unfreeze_last_n": 0, "cache_features": True}
     t = text_section(old)
     assert text_side_config(t) == {"head_layers": 0, "head_heads": 4, "head_dim": None,
-                                   "token_dropout": 0.0, "dropout": None}
+                                   "token_dropout": 0.0, "dropout": None, "state_noise": 0.0}
     enc = build_text_encoder(t, embed_dim=8)
     assert enc.head is None and enc.token_dropout == 0.0
     assert build_text_encoder(dict(t, head_layers=1), embed_dim=8).head is not None

@@ -210,3 +210,26 @@ def test_the_prefix_runs_only_the_frozen_layers_and_equals_the_full_forward(bert
     for i, c in enumerate(CAPS):
         L = int(tok["attention_mask"][i].sum())
         assert torch.equal(cached._cache[c][0], own[i, :L]), c
+
+
+def test_state_noise_perturbs_only_training_and_needs_the_prefix(bert):
+    """model.text.state_noise: noise on the cached prefix states in training only
+    (eval outputs equal the noiseless encoder's), at the asked scale, and refused
+    where there is no cached prefix."""
+    from models.text_encoder import noisy_states
+    torch.manual_seed(0)
+    noisy = TextEncoder(bert, embed_dim=8, max_length=16, freeze_backbone=True, unfreeze_last_n=1,
+                        dropout=0.0, state_noise=0.3)
+    torch.manual_seed(0)
+    clean = TextEncoder(bert, embed_dim=8, max_length=16, freeze_backbone=True, unfreeze_last_n=1, dropout=0.0)
+    noisy.eval(), clean.eval()
+    assert torch.equal(noisy(CAPS).features, clean(CAPS).features)
+    noisy.train(), clean.train()
+    assert not torch.allclose(noisy(CAPS).features, clean(CAPS).features)
+    assert torch.equal(clean(CAPS).features, clean(CAPS).features)   # no dropout: only the noise differs
+    h = torch.randn(64, 16, 32) * 3
+    d = noisy_states(h, 0.3) - h
+    rel = (d.pow(2).mean(-1).sqrt() / h.pow(2).mean(-1).sqrt()).mean()
+    assert 0.27 < float(rel) < 0.33
+    with pytest.raises(ValueError, match="state_noise"):
+        TextEncoder(bert, embed_dim=8, freeze_backbone=True, unfreeze_last_n=0, state_noise=0.1)

@@ -65,6 +65,9 @@ class TextTower(Tower):
         self.head = OrderHead(self.hidden_size, side["head_layers"], side["head_heads"],
                               side["head_dim"], self.max_length, key) if side["head_layers"] else None
         self.token_dropout = side["token_dropout"]
+        if side.get("state_noise", 0.0) > 0:
+            raise ValueError(f"{key}.state_noise: needs the plain text model's cached prefix "
+                             f"(TextEncoder with unfreeze_last_n > 0); this tower encodes every batch")
 
     def tokenize(self, captions):
         return self.tokenizer(list(captions), padding=True, truncation=True,
