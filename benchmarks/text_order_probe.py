@@ -45,6 +45,10 @@ CONFIGS = {
     "head1x384": {"head_layers": 1},
     "last1": {"unfreeze_last_n": 1},
     "last2": {"unfreeze_last_n": 2},
+    # noise on the cached prefix states in training (model.text.state_noise)
+    "last2_noise0.3": {"unfreeze_last_n": 2, "state_noise": 0.3},
+    "last2_noise0.6": {"unfreeze_last_n": 2, "state_noise": 0.6},
+    "last2_noise1.0": {"unfreeze_last_n": 2, "state_noise": 1.0},
 }
 
 
