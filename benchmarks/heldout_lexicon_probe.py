@@ -35,6 +35,7 @@ from data.radar import text as r_template  # noqa: E402
 from data.sclap import captions as s_train  # noqa: E402
 from data.sclap import heldout as s_held  # noqa: E402
 from models.text_encoder import TextEncoder  # noqa: E402
+from models.text_head import pool_tokens  # noqa: E402
 
 # Radar's time connectors, by what they say of the clause they introduce: the
 # training grammar's (data/radar/captions.py) and the held-out one's, by hand
@@ -95,8 +96,7 @@ class SentenceEmbedder:
     def __call__(self, texts):
         tok = {k: v for k, v in self.enc.tokenize(texts).items() if k != "offset_mapping"}
         h = self.enc.backbone(**tok).last_hidden_state
-        m = tok["attention_mask"].unsqueeze(-1).to(h.dtype)
-        return F.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+        return F.normalize(pool_tokens(h, tok["attention_mask"].bool(), "mean"), dim=-1)
 
 
 def probe(embed, train, held):

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 import families.radar as fam
 from data.radar.temporal import TemporalNegatives
 from families.radar.evaluation import encode_clips, encode_texts, evaluate_radar, score_matrix
-from families.radar.text_cache import (PACKED, build_text_cache, load_text_cache, pack, text_cache_enabled,
-                                       text_cache_path, unpack)
+from families.radar.text_cache import all_captions
+from training.text_cache import (PACKED, build_text_cache, load_text_cache, pack, text_cache_enabled,
+                                 text_cache_path, unpack)
 from losses.radar_loss import RadarContrastiveLoss
 from models.text_encoder import TextEncoder
 from tests.radar_tiny import tiny_cfg
@@ -175,7 +176,7 @@ def test_disk_text_cache_hits_and_misses(tmp_path):
 
     t = {"pretrained": None, "max_length": 16, "pooling_strategy": "mean", "freeze": True,
          "unfreeze_last_n": 0, "cache_features": True, "disk_cache": True, "cache_max_mb": 512}
-    build_text_cache(str(tmp_path), t, {"train": Split()})
+    build_text_cache(str(tmp_path), t, all_captions({"train": Split()}))
     packed = torch.load(text_cache_path(str(tmp_path), t))
     assert packed["format"] == PACKED and packed["hidden"].dtype == torch.float16
     cache = unpack(packed)
@@ -225,7 +226,7 @@ def test_disk_text_cache_hits_and_misses(tmp_path):
     for c in texts:
         assert torch.equal(old_format._cache[c][0], loaded._cache[c][0])
     # a trainable backbone never uses it
-    build_text_cache(str(tmp_path / "trainable"), dict(t, freeze=False), {"train": Split()})
+    build_text_cache(str(tmp_path / "trainable"), dict(t, freeze=False), all_captions({"train": Split()}))
     assert not (tmp_path / "trainable").exists()
 
 
@@ -257,8 +258,8 @@ def test_disk_text_cache_under_bf16_is_its_own_file_and_close_to_fp32(tmp_path):
 
     t = {"pretrained": None, "max_length": 16, "pooling_strategy": "mean", "freeze": True,
          "unfreeze_last_n": 0, "cache_features": True, "disk_cache": True, "cache_max_mb": 512}
-    build_text_cache(str(tmp_path), t, {"train": Split()})
-    build_text_cache(str(tmp_path), t, {"train": Split()}, precision="amp_bf16")
+    build_text_cache(str(tmp_path), t, all_captions({"train": Split()}))
+    build_text_cache(str(tmp_path), t, all_captions({"train": Split()}), precision="amp_bf16")
     fp32 = unpack(torch.load(text_cache_path(str(tmp_path), t)))
     bf16 = unpack(torch.load(text_cache_path(str(tmp_path), t, "amp_bf16")))
     assert text_cache_path(str(tmp_path), t, "amp_bf16") != text_cache_path(str(tmp_path), t)

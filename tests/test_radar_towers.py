@@ -14,7 +14,7 @@ import eval as eval_script
 import families.radar as fam
 import train_stage1
 import train_stage2
-from families.radar.text_cache import text_cache_path
+from training.text_cache import text_cache_path
 from models.radar.clip_model import content_token_mask
 from models.radar.encoder import RadarEncoder, downsample_mask
 from models.text_encoder import TextEncoder

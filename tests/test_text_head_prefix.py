@@ -6,7 +6,8 @@ the prefix states in a file of its own."""
 import pytest
 import torch
 
-from families.radar.text_cache import build_text_cache, load_text_cache, text_cache_enabled, text_cache_path, unpack
+from families.radar.text_cache import all_captions
+from training.text_cache import build_text_cache, load_text_cache, text_cache_enabled, text_cache_path, unpack
 from models.text_encoder import TextEncoder, length_groups
 from tests.test_text_head import CAPS, save_tiny_bert
 
@@ -98,7 +99,7 @@ def test_disk_cache_stores_the_prefix_states_under_its_own_name(tmp_path, bert):
     assert path.endswith("_len16_mean_prefix_last1.pt")
     assert text_cache_path(str(tmp_path), dict(t, unfreeze_last_n=0)).endswith("_len16_mean.pt")
     assert text_cache_path(str(tmp_path), dict(t, unfreeze_last_n=2)) != path
-    build_text_cache(str(tmp_path), dict(t, head_layers=1, head_heads=2), {"train": Split()})
+    build_text_cache(str(tmp_path), dict(t, head_layers=1, head_heads=2), all_captions({"train": Split()}))
     stored = unpack(torch.load(path))
     assert set(stored) == set(CAPS) | {"a person jumps then walks forward"}
     cached, full = _pair(bert, 1, "mean")

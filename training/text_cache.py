@@ -40,7 +40,7 @@ from models.radar.clip_model import text_section
 from models.text_encoder import TextEncoder
 from models.towers import build_text_encoder
 from training.io import atomic_save
-from training.precision import autocast as make_autocast
+from training.precision import autocast as make_autocast, resolve_precision
 from training.resources import available_cores
 
 # The build keeps every caption it encodes (the file is the whole dataset's).
@@ -80,6 +80,7 @@ def build_text_cache(folder, text_cfg, texts, precision="fp32", batch_size=256):
     """Write the cache file of ``texts`` (an iterable of str, or a zero-argument
     function returning one: only called when the file is built) unless it
     exists or the cache is off."""
+    precision = resolve_precision(precision, "cpu")[0]   # the build runs on the CPU (auto: the CPU's choice)
     path = text_cache_path(folder, text_cfg, precision)
     if os.path.exists(path) or not text_cache_enabled(text_cfg):
         return

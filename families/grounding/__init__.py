@@ -25,8 +25,7 @@ from data.grounding.spans import swap_left_right
 from families.grounding.evaluation import evaluate  # noqa: F401  (contract)
 from losses.grounding_loss import GroundingLoss
 from models.grounding.model import GroundingModel
-from training.precision import resolve_precision
-from training.text_cache import build_text_cache, load_text_cache, text_cache_enabled
+from training.text_cache import build_text_cache, load_text_cache
 
 # every argument of data.grounding.generate.generate, in its order: the cache marker records them all
 GEN_KEYS = ("num_train", "num_val", "num_test", "gen_image_size", "captions_per_image", "gen_seed",
@@ -93,17 +92,18 @@ def prepare_data(cfg):
         how = "forced by --data.format" if d["format"] not in (None, "", "auto") else "detected"
         print(f"grounding: data.root {root}: layout {lay.name} ({how}); read only, nothing is "
               f"written there")
-        prepare_text_cache(cfg)
-        return
+    else:
+        params = gen_params(cfg)
 
-    params = gen_params(cfg)
+        def build(tmp):
+            secs = generate(tmp, *params.values())
+            print(f"grounding: generated data in {root} in {secs:.1f} s ({params['captions']} captions)")
 
-    def build(tmp):
-        secs = generate(tmp, *params.values())
-        print(f"grounding: generated data in {root} in {secs:.1f} s ({params['captions']} captions)")
-
-    ensure_generated(root, {**params, **GEN_FORMAT}, build, "grounding scenes")
-    prepare_text_cache(cfg)
+        ensure_generated(root, {**params, **GEN_FORMAT}, build, "grounding scenes")
+    # model.text.disk_cache: every caption of every split through the frozen text backbone once,
+    # before training (training/text_cache.py)
+    build_text_cache(cache_dir(cfg), cfg["model"].get("text"), lambda: dataset_texts(_quiet_datasets(cfg)),
+                     cfg.get("precision", "fp32"))
 
 
 def cache_dir(cfg):
@@ -124,15 +124,6 @@ def dataset_texts(datasets):
                 if ds.train and ds.view.hflip > 0:
                     texts.add(swap_left_right(c).text)
     return sorted(texts)
-
-
-def prepare_text_cache(cfg):
-    """model.text.disk_cache: every caption of every split through the frozen
-    text backbone once, before training (training/text_cache.py)."""
-    if text_cache_enabled(cfg["model"].get("text")):
-        precision = resolve_precision(cfg.get("precision", "fp32"), "cpu")[0]   # the build runs on the CPU
-        build_text_cache(cache_dir(cfg), cfg["model"]["text"], lambda: dataset_texts(_quiet_datasets(cfg)),
-                         precision)
 
 
 def _quiet_datasets(cfg):

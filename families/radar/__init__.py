@@ -24,7 +24,8 @@ from data.radar.sim import ensure_radar_dataset
 from data.radar.temporal import TemporalNegatives
 from families.radar.evaluation import evaluate_radar
 from families.radar.stage2 import build_radar_stage2
-from families.radar.text_cache import build_text_cache, load_text_cache, text_cache_enabled
+from families.radar.text_cache import all_captions
+from training.text_cache import build_text_cache, load_text_cache
 from losses.radar_loss import build_radar_criterion
 from models.radar.clip_model import build_clip_model
 
@@ -98,9 +99,9 @@ def prepare_data(cfg):
                   f"{' (forced by --data.format)' if d['format'] else ''}"
                   f"{f' in {os.path.relpath(where, root)}/' if where != root else ''}: {lay.description}")
         check_layout_views(root, lay.name, d["radar_views"])
-    if text_cache_enabled(cfg["model"]["text"]):  # reading every split is not free: only then
-        build_text_cache(cache_dir(cfg), cfg["model"]["text"], build_datasets(cfg),
-                         cfg["precision"])
+    # every split is read only when the file is built
+    build_text_cache(cache_dir(cfg), cfg["model"]["text"], lambda: all_captions(build_datasets(cfg)),
+                     cfg["precision"])
 
 
 def build_datasets(cfg):

@@ -38,8 +38,7 @@ from losses.sclap_loss import SCLAPLoss
 from models.sclap.model import build_sclap
 from models.sclap.towers import is_tower
 from training.config import REPO_ROOT, ConfigError
-from training.precision import resolve_precision
-from training.text_cache import build_text_cache, load_text_cache, text_cache_enabled
+from training.text_cache import build_text_cache, load_text_cache
 
 FRONTEND_KEYS = ("sample_rate", "clip_seconds", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
 GEN_KEYS = ("num_train", "num_val", "num_test", "num_zeroshot", "gen_seed", "sample_rate",
@@ -111,8 +110,15 @@ def prepare_data(cfg):
     if not cfg["data"]["generate"]:
         check_user_folder(root, "sCLAP data")
         layout_of(cfg, log=print)
-        prepare_text_cache(cfg)
-        return
+    else:
+        generate_data(cfg, root)
+    # model.text.disk_cache: every caption of every split through the frozen text backbone once,
+    # before training (training/text_cache.py), instead of each batch's new captions in the steps
+    build_text_cache(cache_dir(cfg), cfg["model"].get("text"), lambda: dataset_texts(build_datasets(cfg)),
+                     cfg.get("precision", "fp32"))
+
+
+def generate_data(cfg, root):
     layout_of(cfg)
     params = gen_params(cfg)
 
@@ -121,7 +127,6 @@ def prepare_data(cfg):
               f"triplets in {root}")
         generate({**params, "dir": tmp}, workers=int(cfg["data"]["gen_workers"] or 1))
     ensure_generated(root, params, build, "sCLAP triplets")
-    prepare_text_cache(cfg)
 
 
 def dataset_texts(datasets):
@@ -137,17 +142,6 @@ def dataset_texts(datasets):
                 for caps in it[v].get("event_captions") or []:
                     texts.update(caps)
     return sorted(texts)
-
-
-def prepare_text_cache(cfg):
-    """model.text.disk_cache: every caption of every split through the frozen
-    text backbone once, before training (training/text_cache.py), instead of a
-    batch's new captions at a time in the steps of the first epochs."""
-    if text_cache_enabled(cfg["model"].get("text")):
-        # the build runs on the CPU; a config whose precision is still auto (not a run's) gets the CPU's
-        precision = resolve_precision(cfg.get("precision", "fp32"), "cpu")[0]
-        build_text_cache(cache_dir(cfg), cfg["model"]["text"], lambda: dataset_texts(build_datasets(cfg)),
-                         precision)
 
 
 def frontend_cfg(cfg):
