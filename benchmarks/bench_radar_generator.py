@@ -1,9 +1,12 @@
 """Radar data generator throughput: clips/s with 1 and 2 worker processes,
-measured side by side in one run, plus where a clip's time goes.
+measured side by side in one run, plus where a clip's time goes and what
+starting 2 workers costs when train_stage1.py launches them, with and without
+re-running its top level in every worker (data/workers.py).
 
     python benchmarks/bench_radar_generator.py [--clips 200]
 """
 import argparse
+import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -20,6 +23,33 @@ from data.radar.actions import sample_clip  # noqa: E402
 from data.radar.fmcw import RadarConfig  # noqa: E402
 from data.radar.motion import forward_kinematics, sample_body  # noqa: E402
 from data.radar.sim import generate_radar_dataset, generator_params, simulate_clip  # noqa: E402
+from data.workers import spawn_context  # noqa: E402
+
+
+def pool_startup(lean, workers=2, rounds=2):
+    """Seconds for a spawn pool of ``workers`` to start and answer once, as if
+    launched by train_stage1.py (each worker imports the clip simulator, as a
+    generator job does); the fastest of ``rounds``."""
+    main = sys.modules["__main__"]
+    saved, main.__file__ = main.__file__, os.path.join(ROOT, "train_stage1.py")
+    best = float("inf")
+    try:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            with spawn_context() if lean else _plain_spawn() as ctx, ctx.Pool(workers) as pool:
+                pool.starmap(generator_params, [(1, 1, 1, 0)] * workers)   # imports the simulator
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        main.__file__ = saved
+    return best
+
+
+class _plain_spawn:
+    def __enter__(self):
+        return mp.get_context("spawn")
+
+    def __exit__(self, *exc):
+        return False
 
 
 def clips_per_s(n, workers):
@@ -66,3 +96,6 @@ if __name__ == "__main__":
     preset = yaml.safe_load(open(os.path.join(ROOT, "configs", "radar.yaml")))["presets"]["quick"]
     quick = sum(preset[f"data.num_{s}"] for s in ("train", "val", "test"))
     print(f"  -> the quick preset's {quick} clips at workers=2: ~{quick / two / 60:.1f} min")
+    full, lean = pool_startup(False), pool_startup(True)
+    print(f"2 spawned workers ready, launched from train_stage1.py: {full:.1f} s re-running its top level, "
+          f"{lean:.1f} s without (data/workers.py; x{lean / full:.2f})")

@@ -58,7 +58,6 @@ multipath image and static clutter) and ``fmcw.radar_maps``.
 """
 import argparse
 import json
-import multiprocessing as mp
 import os
 import warnings
 import zlib
@@ -74,6 +73,7 @@ from data.radar.humanml3d_export import export_sim_motions
 from data.radar.humanml3d_source import SPLITS, plan_clips, source_digest
 from data.radar.sim import add_scene
 from data.radar.smpl import PLACEMENTS, check_joints, extend, place, resample, scatterers
+from data.workers import spawn_context
 
 FORMAT_VERSION = 1   # bump when the simulation changes: it is part of the cache key
 HUMANML3D_DEFAULTS = {
@@ -206,8 +206,7 @@ def build_humanml3d(src, root, p, workers=1, plan=None):
     tasks = [(root, path, clips, p) for path, clips in jobs]
     n_clips = sum(len(c) for _, c in jobs)
     if workers > 1:
-        # spawn, not fork: forking a process whose torch/OpenMP threads hold locks can deadlock
-        with mp.get_context("spawn").Pool(workers, initializer=init_worker) as pool:
+        with spawn_context() as ctx, ctx.Pool(workers, initializer=init_worker) as pool:  # data/workers.py
             results = list(tqdm(pool.imap(_simulate_job, tasks, chunksize=4), total=len(tasks),
                                 desc=f"HumanML3D -> radar ({n_clips} clips)", mininterval=5))
     else:

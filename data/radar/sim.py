@@ -48,7 +48,6 @@ path, attenuated by the wall's power reflection coefficient); ``fmcw.radar_maps`
 three maps at 20 frames/s.
 """
 import json
-import multiprocessing as mp
 import os
 
 import numpy as np
@@ -61,6 +60,7 @@ from data.radar.fmcw import RadarConfig, radar_maps
 from data.radar.motion import BONES, J, forward_kinematics, sample_body
 from data.radar.captions import GENERATORS, clip_captions
 from data.radar.text import ACTION_PROMPTS, clean_caption, humanml3d_lines
+from data.workers import spawn_context
 
 FORMAT_VERSION = 3   # bump when the simulation changes: it is part of the cache key
 GENERATOR_DEFAULTS = {
@@ -229,9 +229,7 @@ def generate_radar_dataset(root, num_train, num_val, num_test, seed=0, workers=1
     n = p["num_train"] + p["num_val"] + p["num_test"]
     jobs = [(root, i, p["seed"], p) for i in range(n)]
     if workers > 1:
-        # spawn, not fork: forking a process whose torch/OpenMP threads hold locks can
-        # deadlock the children (seen when the generator runs inside pytest or eval.py).
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with spawn_context() as ctx, ctx.Pool(workers) as pool:     # data/workers.py
             results = list(tqdm(pool.imap(_make_clip, jobs, chunksize=8), total=n, desc="radar clips",
                                 mininterval=5))
     else:

@@ -26,7 +26,6 @@ loss.event_weight), from a third stream (EVENT_CAPTION_SALT): the audio and
 every other caption are what they were before the columns existed.
 """
 import csv
-import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 
@@ -36,6 +35,7 @@ from scipy.io import wavfile
 from data.sclap import captions as diverse
 from data.sclap.sounds import CLASS_NAMES, SOUND_CLASSES, synth_event
 from data.sclap.spatial import SECTOR_WORDS, Room, diffuse_noise, draw_direction
+from data.workers import spawn_context
 from training.io import atomic_write
 
 MANIFEST = "stclotho_manifest.csv"
@@ -213,8 +213,7 @@ def generate(cfg, workers=1):
         count = cfg[f"num_{split}"] + (cfg["num_zeroshot"] if split == "test" else 0)
         jobs += [(split, i, cfg) for i in range(count)]
     if workers > 1:
-        # spawn, not fork: forking after torch has started its threads can deadlock
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        with spawn_context() as ctx, ProcessPoolExecutor(workers, mp_context=ctx) as ex:  # data/workers.py
             results = list(ex.map(_job, jobs, chunksize=16))
     else:
         results = [_job(j) for j in jobs]
