@@ -122,7 +122,15 @@ class TextEncoder(nn.Module):
             raise ValueError(f"pooling_strategy must be cls, mean, pooler or max, got {pooling_strategy!r}")
         path = resolve_model_path(model_name)
         self.tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
-        self.backbone = AutoModel.from_pretrained(path, add_pooling_layer=pooling_strategy == "pooler")
+        try:
+            self.backbone = AutoModel.from_pretrained(path, add_pooling_layer=pooling_strategy == "pooler")
+        except TypeError as e:   # a model without a pooler option (DistilBERT)
+            if "add_pooling_layer" not in str(e):
+                raise
+            if pooling_strategy == "pooler":
+                raise ValueError(f"{path}: this model has no pooler; use model.text.pooling_strategy "
+                                 "mean, cls or max") from e
+            self.backbone = AutoModel.from_pretrained(path)
         self.hidden_size = self.backbone.config.hidden_size
         self.max_length = max_length
         self.pooling_strategy = pooling_strategy
@@ -139,6 +147,8 @@ class TextEncoder(nn.Module):
         self.cache_features = bool(cache_features and freeze_backbone)
         self.prefix_layers = (self.frozen_prefix if self.cache_features
                               else None)   # None: the cache holds the last hidden states
+        if self.prefix_layers is not None:
+            self.check_split()
         self.cache_max_bytes = int(cache_max_mb * 2**20)
         self._cache = OrderedDict()  # caption -> (hidden [L, H] float32, pooled [H] or None)
         self._cache_bytes = 0
@@ -169,7 +179,7 @@ class TextEncoder(nn.Module):
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         if unfreeze_last_n:
-            layers = self.backbone.encoder.layer
+            layers = self._layer_list()
             if unfreeze_last_n > len(layers):
                 raise ValueError(f"unfreeze_last_n={unfreeze_last_n} but the model has {len(layers)} layers")
             for layer in layers[len(layers) - unfreeze_last_n:]:
@@ -180,6 +190,42 @@ class TextEncoder(nn.Module):
                 for p in self.backbone.pooler.parameters():
                     p.requires_grad_(True)
 
+    def _layer_list(self):
+        """The backbone's transformer layers (BERT, RoBERTa, MPNet: ``encoder.layer``)."""
+        layers = getattr(getattr(self.backbone, "encoder", None), "layer", None)
+        if layers is None or getattr(self.backbone, "embeddings", None) is None:
+            raise ValueError(f"model.text.unfreeze_last_n: a {self.backbone.config.model_type!r} model has no "
+                             "embeddings + encoder.layer list (the BERT / RoBERTa / MPNet layout) to "
+                             "train the last layers of; use unfreeze_last_n 0 or freeze false")
+        return layers
+
+    @torch.no_grad()
+    def check_split(self, atol=1e-4):
+        """Running the embeddings and then the layers one at a time (the cached
+        prefix and the trained last layers) must give the model's own output:
+        checked once, on two captions of different lengths, in fp32. A model whose
+        layers need more than the hidden states and the mask (as MPNet's need its
+        encoder's position bias) would otherwise train on wrong states silently."""
+        tok = self.tokenizer(["a person walks forward and then sits down on a chair", "a dog barks"],
+                             padding=True, return_tensors="pt")
+        tok = {k: v.to(self.proj.weight.device) for k, v in tok.items()}
+        was = self.backbone.training
+        self.backbone.eval()
+        try:
+            with torch.autocast(tok["input_ids"].device.type, enabled=False):
+                ref = self.backbone(**tok).last_hidden_state
+                hidden = self.backbone.embeddings(input_ids=tok["input_ids"], token_type_ids=tok.get("token_type_ids"))
+                out = self._run_layers(hidden, tok["attention_mask"], self._layer_list())
+        finally:
+            self.backbone.train(was)
+        valid = tok["attention_mask"].bool()
+        err = float((out - ref)[valid].abs().max())
+        if not err <= atol * max(1.0, float(ref[valid].abs().max())):
+            raise ValueError(f"model.text: the layer-by-layer run of this {self.backbone.config.model_type!r} "
+                             f"model differs from its own forward by {err:.3g}, so its frozen prefix cannot be "
+                             "cached and its last layers trained on it; use model.text.unfreeze_last_n 0, or "
+                             "cache_features false")
+
     def train(self, mode=True):
         super().train(mode)
         if self.frozen:
@@ -187,7 +233,7 @@ class TextEncoder(nn.Module):
         elif self.frozen_prefix is not None:
             # the last n layers train; the frozen ones before them give fixed
             # (cacheable) states, as a pretrained Tower keeps its frozen parts
-            layers = self.backbone.encoder.layer
+            layers = self._layer_list()
             for m in [self.backbone.embeddings, *layers[:self.frozen_prefix]]:
                 m.eval()
         return self
@@ -245,13 +291,8 @@ class TextEncoder(nn.Module):
         (the full model's ``hidden_states[L - n]``, without running the last n
         layers and the pooler, whose output would be thrown away: a third of
         MiniLM's work with n = 2)."""
-        emb = getattr(self.backbone, "embeddings", None)
-        if emb is None:   # not a BERT-like layout: the full model, its state at the prefix's end
-            out = self.backbone(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
-                                token_type_ids=tok.get("token_type_ids"), output_hidden_states=True)
-            return out.hidden_states[self.prefix_layers]
-        hidden = emb(input_ids=tok["input_ids"], token_type_ids=tok.get("token_type_ids"))
-        return self._run_layers(hidden, tok["attention_mask"], self.backbone.encoder.layer[:self.prefix_layers])
+        hidden = self.backbone.embeddings(input_ids=tok["input_ids"], token_type_ids=tok.get("token_type_ids"))
+        return self._run_layers(hidden, tok["attention_mask"], self._layer_list()[:self.prefix_layers])
 
     def _last_layers(self, hidden, attention_mask):
         """The trainable layers on the cached prefix states: hidden [B, L, H],
@@ -279,13 +320,17 @@ class TextEncoder(nn.Module):
 
     def _layers(self, hidden, attention_mask):
         """The trainable last n layers on hidden [B, L, H]."""
-        return self._run_layers(hidden, attention_mask, self.backbone.encoder.layer[self.prefix_layers:])
+        return self._run_layers(hidden, attention_mask, self._layer_list()[self.prefix_layers:])
 
     def _run_layers(self, hidden, attention_mask, layers):
         attn = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden,
                                          attention_mask=attention_mask)
+        extra = {}
+        bias = getattr(self.backbone.encoder, "compute_position_bias", None)
+        if bias is not None:   # MPNet (all-mpnet-base-v2): a relative position bias its encoder gives every layer
+            extra["position_bias"] = bias(hidden)
         for layer in layers:
-            hidden = layer(hidden, attn)
+            hidden = layer(hidden, attn, **extra)
             if isinstance(hidden, tuple):   # older transformers return (states, ...)
                 hidden = hidden[0]
         return hidden

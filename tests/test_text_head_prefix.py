@@ -234,3 +234,59 @@ def test_state_noise_perturbs_only_training_and_needs_the_prefix(bert):
     assert 0.27 < float(rel) < 0.33
     with pytest.raises(ValueError, match="state_noise"):
         TextEncoder(bert, embed_dim=8, freeze_backbone=True, unfreeze_last_n=0, state_noise=0.1)
+
+
+def _save_tiny(path, model):
+    from transformers import AutoTokenizer
+    from models.text_encoder import resolve_model_path
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(resolve_model_path(None)).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def mpnet(tmp_path_factory):
+    """A random 32-wide MPNet (all-mpnet-base-v2's architecture): its layers take
+    a relative position bias from the encoder besides the states and the mask."""
+    from transformers import MPNetConfig, MPNetModel
+    torch.manual_seed(0)
+    model = MPNetModel(MPNetConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
+                                   num_attention_heads=2, vocab_size=30522, max_position_embeddings=130,
+                                   initializer_range=0.2)).eval()
+    return _save_tiny(tmp_path_factory.mktemp("tiny_mpnet"), model)
+
+
+@pytest.mark.parametrize("n", [1, LAYERS])
+def test_an_mpnet_prefix_cache_equals_its_full_forward(mpnet, n):
+    cached, full = _pair(mpnet, n, "mean")
+    assert cached.prefix_layers == LAYERS - n
+    cached.eval(), full.eval()
+    for step in range(2):
+        a, b = cached(CAPS), full(CAPS)
+        assert torch.allclose(a.features, b.features, atol=1e-5), step
+        assert torch.allclose(a.tokens[a.mask], b.tokens[b.mask], atol=1e-5), step
+    a.features.square().sum().backward()
+    b.features.square().sum().backward()
+    ga, gb = _grads(cached), _grads(full)
+    assert ga.keys() == gb.keys() and any(k.startswith("backbone.encoder.layer.") for k in ga)
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], atol=1e-5), k
+
+
+def test_a_layer_by_layer_run_that_differs_from_the_model_is_refused(bert, monkeypatch):
+    """check_split: layers that need more than (states, mask) would train on
+    wrong states; here a run that skips the position bias of MPNet is simulated
+    by one that drops the last layer."""
+    run = TextEncoder._run_layers
+    monkeypatch.setattr(TextEncoder, "_run_layers", lambda self, h, m, layers: run(self, h, m, layers[:-1]))
+    with pytest.raises(ValueError, match="layer-by-layer run of this 'bert' model differs"):
+        TextEncoder(bert, embed_dim=8, freeze_backbone=True, unfreeze_last_n=1, cache_features=True)
+
+
+def test_a_model_without_the_bert_layout_cannot_train_its_last_layers(tmp_path):
+    from transformers import DistilBertConfig, DistilBertModel
+    path = _save_tiny(tmp_path / "distil", DistilBertModel(DistilBertConfig(
+        dim=32, hidden_dim=64, n_layers=2, n_heads=2, vocab_size=30522)))
+    with pytest.raises(ValueError, match="'distilbert' model has no embeddings \\+ encoder.layer"):
+        TextEncoder(path, embed_dim=8, freeze_backbone=True, unfreeze_last_n=1)
+    assert TextEncoder(path, embed_dim=8, freeze_backbone=True)(CAPS).features.shape == (len(CAPS), 8)
