@@ -1,6 +1,6 @@
 """Full radar training steps of the quick preset, text-side variants side by side.
 
-    python benchmarks/bench_radar_step.py [--threads 2] [--rounds 3] [--attention]
+    python benchmarks/bench_radar_step.py [--threads 2] [--rounds 3] [--attention] [--similarity]
 
 One step = forward, loss, backward and an AdamW step on a batch of 64 clips of
 the quick preset's data (generated first if missing), under the preset's
@@ -22,7 +22,10 @@ meets each caption many times). Variants (all on the same batches):
 
 ``--attention`` adds the preset with ``attention: default`` (PyTorch's own
 choice: the fused flash kernel on CPU) and with ``attention: math``, to show
-what the attention backward costs. The variants take turns within each round
+what the attention backward costs. ``--similarity`` adds the preset with the
+SequenceSimilarity's ``attention`` score instead of ``temporal`` (the
+monotonic alignment) and with no sequence similarity (the global cosine only,
+``loss.use_sequence_similarity false``). The variants take turns within each round
 (the machine's noise hits all alike); the median over every round's steps is
 printed, with its ratio to the preset's.
 """
@@ -68,6 +71,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--attention", action="store_true")
+    ap.add_argument("--similarity", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     fam = load_family("radar")
@@ -75,6 +79,9 @@ def main():
     if args.attention:
         variants["preset, default attention"] = []
         variants["preset, math attention"] = []
+    if args.similarity:
+        variants["attention similarity"] = ["--loss.sequence_similarity_type", "attention"]
+        variants["global only"] = ["--loss.use_sequence_similarity", "false"]
     runs = {}
     for name, extra in variants.items():
         m, opt, autocast, batches, precision = build(
