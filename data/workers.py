@@ -22,7 +22,7 @@ def spawn_context():
     """The spawn context, for starting a Pool or ProcessPoolExecutor's workers
     inside the ``with`` block; they skip the launching script's top level."""
     main = sys.modules.get("__main__")
-    saved = dict(main.__dict__) if main is not None else {}
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__} if main is not None else {}
     if main is not None:
         main.__dict__.pop("__file__", None)      # `python script.py`
         main.__spec__ = None                     # `python -m module`
