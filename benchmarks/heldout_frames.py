@@ -26,8 +26,8 @@ from data.radar import captions as diverse  # noqa: E402
 from data.radar.caption_grammar import slot_order  # noqa: E402
 from data.radar.heldout import HELDOUT  # noqa: E402
 from eval import load_stage1  # noqa: E402
-from families.radar.evaluation import (encode_clips, encode_texts, heldout_set, order_pairs,  # noqa: E402
-                                       paired_scores, temporal_order_pairs)
+from families.radar.evaluation import (encode_clips, encoded_lookup, heldout_set, order_pairs,  # noqa: E402
+                                       order_scores, temporal_order_pairs)
 from training.evaluation import eval_mode  # noqa: E402
 from training.precision import resolve_precision  # noqa: E402
 from training.resources import apply_thread_budget  # noqa: E402
@@ -64,13 +64,8 @@ def main(argv=None):
             pairs = order_pairs(*heldout_set(ds, info))
         else:
             pairs = temporal_order_pairs(ds, info)
-        texts = list(dict.fromkeys(p[k] for p in pairs for k in (1, 2)))
-        enc = encode_texts(model, texts, cfg, device)
-        row = {c: j for j, c in enumerate(texts)}
-        pick = lambda strings: {k: v[torch.tensor([row[c] for c in strings])] for k, v in enc.items()}
-        idx = torch.tensor([p[0] for p in pairs])
-        pos, _ = paired_scores(criterion, radar, idx, pick([p[1] for p in pairs]))
-        neg, _ = paired_scores(criterion, radar, idx, pick([p[2] for p in pairs]))
+        pick = encoded_lookup(model, [p[k] for p in pairs for k in (1, 2)], cfg, device)
+        _, (pos, neg), _ = order_scores(criterion, radar, pairs, pick, device)
     hits = (pos > neg).tolist()
     by_frame, by_kind = collections.defaultdict(list), collections.defaultdict(list)
     for (i, caption, _), hit in zip(pairs, hits):

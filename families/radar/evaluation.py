@@ -134,6 +134,25 @@ def heldout_set(dataset, info):
     return (caps, swapped) if any_actions else None
 
 
+def encoded_lookup(model, texts, cfg, device):
+    """Encode every distinct string of ``texts`` once; returns pick(strings) ->
+    their encoded rows (text features, tokens, masks) in that order."""
+    unique = list(dict.fromkeys(texts))
+    row = {c: j for j, c in enumerate(unique)}
+    encoded = encode_texts(model, unique, cfg, device)
+    return lambda strings: {k: v[torch.tensor([row[c] for c in strings], device=device)]
+                            for k, v in encoded.items()}
+
+
+def order_scores(criterion, radar, pairs, pick, device):
+    """Each pair's clip against its true and its order-swapped caption:
+    (pair texts, configured scores (pos, neg), global scores (pos, neg)), [K] each."""
+    idx = torch.tensor([p[0] for p in pairs], device=device)
+    pair_text = (pick([p[1] for p in pairs]), pick([p[2] for p in pairs]))
+    (pos, pos_g), (neg, neg_g) = (paired_scores(criterion, radar, idx, t) for t in pair_text)
+    return pair_text, (pos, neg), (pos_g, neg_g)
+
+
 def text_side_metrics(model, criterion, radar, info, captions, pairs, prompts, cfg, device):
     """Every metric that reads the captions: retrieval of ``captions`` (per clip,
     lists; clips without any are gallery distractors), temporal order over
@@ -144,11 +163,7 @@ def text_side_metrics(model, criterion, radar, info, captions, pairs, prompts, c
         texts += caps
         text_to_item += [i] * len(caps)
     # every distinct string once: the order pairs' true captions are retrieval queries too
-    unique = list(dict.fromkeys(texts + [p[k] for p in pairs for k in (1, 2)]))
-    row = {c: j for j, c in enumerate(unique)}
-    encoded = encode_texts(model, unique, cfg, device)
-    pick = lambda strings: {k: v[torch.tensor([row[c] for c in strings], device=device)]
-                            for k, v in encoded.items()}
+    pick = encoded_lookup(model, texts + [p[k] for p in pairs for k in (1, 2)], cfg, device)
     scores = score_matrix(criterion, radar, pick(texts))  # [Nt, Ni]
     metrics = retrieval_scores(scores, text_to_item, "r")
     metrics["t2r_chance_R@10"] = min(1.0, 10 / len(captions))
@@ -157,10 +172,7 @@ def text_side_metrics(model, criterion, radar, info, captions, pairs, prompts, c
     metrics["temporal_order_pairs"] = len(pairs)
     pair_text = None
     if pairs:
-        idx = torch.tensor([p[0] for p in pairs], device=device)
-        pair_text = (pick([p[1] for p in pairs]), pick([p[2] for p in pairs]))
-        pos, pos_g = paired_scores(criterion, radar, idx, pair_text[0])
-        neg, neg_g = paired_scores(criterion, radar, idx, pair_text[1])
+        pair_text, (pos, neg), (pos_g, neg_g) = order_scores(criterion, radar, pairs, pick, device)
         metrics["temporal_order_acc"] = (pos > neg).float().mean().item()
         metrics["temporal_order_acc_global"] = (pos_g > neg_g).float().mean().item()
 
