@@ -63,7 +63,7 @@ def _words(phrases):
 def kinds():
     """{kind: (training {concept: [wordings]}, held-out {concept: [wordings]})}."""
     k = {}
-    k["grounding colour"] = (g_train.TRAINING_INVENTORY["colour"],
+    k["grounding colour"] = ({c: list(w) for c, w in g_train.COLOUR_WORDS.items()},
                              {c: [w] for c, w in g_held.COLOURS.items()})
     k["grounding shape"] = ({c: list(w) for c, w in g_train.SHAPE_WORDS.items()},
                             {c: [w] for c, w in g_held.SHAPES.items()})

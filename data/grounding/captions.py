@@ -29,40 +29,6 @@ COLOUR_WORDS = {"red": ("red", "crimson", "scarlet"), "green": ("green", "emeral
                 "blue": ("blue", "royal blue", "deep blue"), "yellow": ("yellow", "lemon yellow", "sunny yellow"),
                 "purple": ("purple", "violet"), "orange": ("orange", "tangerine", "bright orange"),
                 "white": ("white", "pure white"), "black": ("black", "jet black", "pitch black")}
-# Colour names people use, from the xkcd colour survey (matplotlib.colors.XKCD_COLORS: 949 names
-# that survey respondents gave to colours), selected once by a rule and written out here so that
-# the grammar cannot move with a library version: a name is kept for one of the generator's six
-# chromatic colours when its survey colour is vivid like the generator's (HSV saturation and value
-# >= 0.6) and its hue lies in that colour's band (red < 12 or >= 345 degrees, orange 20-38,
-# yellow 48-62, green 85-150, blue 205-240, purple 268-295), and it names no other colour family
-# ("pink", "brown", "grey", another of the six, ...), no shade word ("light", "dark", "pale",
-# "pastel", ...) and none of the held-out grammar's words. White and black, which the survey barely
-# names, get a few common ones by hand. describe() takes one of these half the time: a training
-# vocabulary of the size people write, so that a colour is learnt as a region of the text model's
-# space rather than as three words.
-SURVEY_COLOUR_WORDS = {
-    "red": ("brick", "bright red", "carmine", "cherry", "cherry red", "deep red", "fire engine red",
-            "grapefruit", "lipstick red", "neon red", "reddish", "strawberry", "tomato", "tomato red",
-            "vermillion", "watermelon"),
-    "orange": ("brick orange", "butterscotch", "caramel", "cinnamon", "copper", "deep orange", "mango",
-               "orangeish", "russet"),
-    "yellow": ("banana yellow", "bright yellow", "dandelion", "gold", "lemon", "sun yellow",
-               "sunflower yellow", "sunshine yellow"),
-    "green": ("acid green", "algae green", "apple", "apple green", "bright lime", "bright lime green",
-              "electric green", "emerald", "fluorescent green", "fluro green", "fresh green", "frog green",
-              "grass", "grass green", "grassy green", "greenish", "highlighter green", "hot green",
-              "kelly green", "kermit green", "kiwi", "kiwi green", "lawn green", "leaf", "leaf green",
-              "leafy green", "lime green", "medium green", "minty green", "neon green", "poison green",
-              "radioactive green", "sea green", "seaweed green", "shamrock", "shamrock green", "spearmint",
-              "toxic green", "vibrant green", "vivid green", "wintergreen"),
-    "blue": ("azul", "blue blue", "bluish", "bright blue", "cerulean blue", "clear blue", "cornflower blue",
-             "deep sky blue", "dodger blue", "electric blue", "french blue", "medium blue", "mid blue",
-             "pure blue", "rich blue", "sapphire", "true blue", "vibrant blue", "vivid blue"),
-    "purple": ("bright purple", "bright violet", "electric purple", "heliotrope", "hot purple", "neon purple",
-               "purply", "vibrant purple", "vivid purple"),
-    "white": ("bright white", "milk white", "chalk white", "pearl white", "ivory"),
-    "black": ("coal black", "ink black", "inky", "onyx", "raven black"),
-}
 # circles: "ring" only when hollow, "disc"/"dot" only when filled in
 SHAPE_WORDS = {"circle": ("circle", "round shape"), "square": ("square", "box", "block"),
                "triangle": ("triangle", "triangular shape"), "diamond": ("diamond", "rhombus"),
@@ -101,8 +67,8 @@ FRAMES = {
 ENDINGS = (" .", "")
 # recorded in the data marker (families/grounding GEN_FORMAT), so that data written by an
 # earlier version of this grammar are rebuilt. 2: "plus sign" became "cross shape", leaving
-# "plus" to the held-out grammar's "plus symbol"; 3: the survey's colour names (SURVEY_COLOUR_WORDS)
-VERSION = 3
+# "plus" to the held-out grammar's "plus symbol"
+VERSION = 2
 SLOT = re.compile(r"\{(?:(a|the) )?([A-Z]\d?)\}")
 
 
@@ -177,10 +143,7 @@ def describe(rng, obj, objects, kind):
     pre, after = [], []
     if "size" in sel:
         pre.append(_pick(rng, SIZE_WORDS[obj["size"]]))
-    colour = []
-    if "colour" in sel:
-        table = SURVEY_COLOUR_WORDS if rng.random() < 0.5 else COLOUR_WORDS
-        colour.append(_pick(rng, table[obj["colour"]]))
+    colour = [_pick(rng, COLOUR_WORDS[obj["colour"]])] if "colour" in sel else []
     texture = []
     if "texture" in sel:
         if TEXTURE_AFTER[obj["texture"]] and rng.random() < 0.3:
@@ -258,7 +221,7 @@ TRAINING_INVENTORY = {
     "frames": [f for fs in FRAMES.values() for f in fs]
               + ["There is {L} on {a G} .", "{The A} is {R} {the B} .", "{A A} {P} ."],   # the template's
     "connectors": [c for cs in LIST_CONNECTORS.values() for c in cs],   # the template's are among them
-    "colour": {k: list(v) + list(SURVEY_COLOUR_WORDS[k]) for k, v in COLOUR_WORDS.items()},
+    "colour": {k: list(v) for k, v in COLOUR_WORDS.items()},
     "shape": {k: list(v) + (list(HOLLOW_CIRCLE_WORDS + FILLED_CIRCLE_WORDS) if k == "circle" else [])
               for k, v in SHAPE_WORDS.items()},
     "size": {k: list(v) for k, v in SIZE_WORDS.items()},
