@@ -10,7 +10,7 @@ by colour, shape, size and texture, where they are and where one is relative
 to another, the background) with its own sentence frames, list connectors and
 a wording for every colour, shape, size, texture, relation, position and
 background that neither training grammar (data/grounding/captions.py,
-generate.make_captions) ever writes; tests/test_grounding_heldout_grammar.py
+generate.make_captions) ever writes; tests/test_grounding_heldout.py
 checks that over the whole inventories.
 
 Captions are made at evaluation from the generator's scene objects
