@@ -97,23 +97,16 @@ def radar_grammars():
 
 
 def radar_rows(model, criterion, ds, cfg, device):
-    from data.radar.caption_grammar import make
-    from data.radar.heldout import MAX_WORDS, NUM_CAPTIONS, clip_rng
-    from data.radar.text import clean_caption
-    from families.radar.evaluation import encode_clips, order_pairs, temporal_order_pairs, text_side_metrics
-    grammars = radar_grammars()
+    from data.radar import heldout
+    from families.radar.evaluation import (encode_clips, heldout_set, order_pairs, temporal_order_pairs,
+                                           text_side_metrics)
     radar, info = encode_clips(model, ds, cfg, device)
-    base = getattr(ds, "base", ds)
     cols = ("temporal_order_acc", "t2r_R@10", "t2r_R@1")
     rows = [("the training grammar (eval.py)", text_side_metrics(
         model, criterion, radar, info, info["captions"], temporal_order_pairs(ds, info), None, cfg, device)[0])]
-    for name, grammar in grammars.items():
-        caps, swapped = [], []
-        for i, cid in enumerate(info["clip_id"]):
-            actions = base.clip_meta(i).get("actions") or []
-            c, s = make(grammar, actions, clip_rng(cid), NUM_CAPTIONS, MAX_WORDS) if actions else ([], [])
-            caps.append([clean_caption(x) for x in c])
-            swapped.append([clean_caption(x) for x in s])
+    for name, grammar in radar_grammars().items():
+        with patched(heldout, {"HELDOUT": grammar}):   # heldout_captions' grammar, with its per-clip stream
+            caps, swapped = heldout_set(ds, info)
         rows.append((name, text_side_metrics(model, criterion, radar, info, caps, order_pairs(caps, swapped),
                                              None, cfg, device)[0]))
     return cols, rows
@@ -127,8 +120,8 @@ def sclap_variants():
     n_c, n_n = (len(next(iter(heldout.SOUNDS.values()))[k]) for k in ("clauses", "nominals"))
     sounds = {}
     for name, d in train.SOUNDS.items():
-        clauses = [f"{noun} {verb}" for noun, verb in zip(d["nouns"], d["verbs"])] + d["clauses"]
-        sounds[name] = dict(clauses=clauses[:n_c], nominals=(d["nominals"] * n_n)[:n_n])
+        every = train.clauses(name)   # spread over its nouns and verbs
+        sounds[name] = dict(clauses=every[::max(1, len(every) // n_c)][:n_c], nominals=(d["nominals"] * n_n)[:n_n])
     n_d = len(heldout.DIRECTIONS[0])
     return {"held-out as written (eval.py heldout_)": {},
             "training sounds": {"SOUNDS": sounds},

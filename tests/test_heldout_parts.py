@@ -47,6 +47,14 @@ def test_radar_mixtures_render_every_action_with_the_parts_they_name():
         for pair in itertools.permutations(actions, 2):
             caps, swapped = make(grammar, list(pair), clip_rng("c1"), 3, 20)
             assert len(caps) == len(swapped) == 3 and all(c != s for c, s in zip(caps, swapped)), name
+    # the benchmark swaps the grammar that eval's heldout_captions reads, with its per-clip stream
+    from data.radar import heldout
+    from data.radar.text import clean_caption
+    with patched(heldout, {"HELDOUT": mixed}):
+        caps, swapped = heldout.heldout_captions(actions[:2], "c7")
+    assert heldout.HELDOUT is HELDOUT
+    want = make(mixed, actions[:2], clip_rng("c7"), heldout.NUM_CAPTIONS, heldout.MAX_WORDS)
+    assert (caps, swapped) == tuple([clean_caption(c) for c in w] for w in want)
     # a held-out frame's connector with a training verb: "prior to jumping, a man walks ..."
     caps = [c for k in range(40) for c in make(mixed, actions[:2], np.random.default_rng(k), 3, 20)[0]]
     assert any("prior to" in c or "in the wake of" in c or "beforehand" in c for c in caps)
